@@ -1,0 +1,35 @@
+# Every command a user or CI runs. `make test` and `make demo` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint unit demo clean
+
+# The venv is rebuilt when the pins change.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/ruff format --check services tests benchmarks
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check services tests benchmarks
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+demo: $(STAMP)
+	@echo "make demo is not built yet: the end-to-end chain lands with issue 7 (see README)." >&2
+	@exit 2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache services/*.egg-info

@@ -1,0 +1,1 @@
+"""Shared core: the method's equations, datasets, storage, evaluation."""
