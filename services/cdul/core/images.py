@@ -120,13 +120,14 @@ def decode_image(
         image.load()
     except Exception as error:  # decoders raise OSError, SyntaxError, ValueError...
         raise ImageDecodeError(
-            f"image {name!r} ({image.format}, {width}x{height}) is corrupt or "
-            f"truncated: {error}"
+            f"image {name!r} ({image.format}, {width}x{height}) is corrupt or truncated: {error}"
         ) from None
     return _to_rgb(_upright(image))
 
 
-def open_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Read and decode the image file at ``path``; errors name the path.
 
     The whole file is read first so the file handle is closed before decoding and the

@@ -65,8 +65,8 @@ class Dataset(abc.ABC):
     def __init__(self, *, skip_bad: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.skip_bad = skip_bad
         self.max_pixels = max_pixels
-        # Keyed by image id so iterating twice does not report an item twice.
-        self._skipped: dict[str, SkippedItem] = {}
+        # An insertion-ordered set, so iterating twice does not report an item twice.
+        self._skipped: dict[SkippedItem, None] = {}
 
     # -- what a concrete dataset provides -------------------------------------------
 
@@ -115,9 +115,7 @@ class Dataset(abc.ABC):
         """Decode item ``i``; raises DatasetError (naming the file) if it cannot be read."""
         path = self.image_path(i)
         image = open_image(path, max_pixels=self.max_pixels)
-        return Sample(
-            image_id=self.ids()[i], image=image, labels=self.ground_truth(i), path=path
-        )
+        return Sample(image_id=self.ids()[i], image=image, labels=self.ground_truth(i), path=path)
 
     def __iter__(self) -> Iterator[Sample]:
         ids = self.ids()
@@ -132,7 +130,7 @@ class Dataset(abc.ABC):
     @property
     def skipped(self) -> list[SkippedItem]:
         """Items left out so far (at construction, then while iterating)."""
-        return list(self._skipped.values())
+        return list(self._skipped)
 
     def skip_report(self) -> str:
         """A human-readable list of the skipped items, for the end of a job's output."""
@@ -143,7 +141,7 @@ class Dataset(abc.ABC):
         return "\n".join(lines)
 
     def _skip(self, image_id: str, path: str, reason: str) -> None:
-        self._skipped.setdefault(image_id, SkippedItem(image_id, path, reason))
+        self._skipped.setdefault(SkippedItem(image_id, path, reason), None)
 
     def _fail_or_skip(self, image_id: str, path: str, error: DatasetError) -> None:
         """Raise ``error``, or record the item as skipped when ``skip_bad`` is set."""

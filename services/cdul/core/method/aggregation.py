@@ -40,8 +40,7 @@ def alpha_beta(
         return snippet_scores.amax(dim=1), snippet_scores.amin(dim=1)
     if valid.shape != snippet_scores.shape[:2]:
         raise ValueError(
-            f"valid mask has shape {tuple(valid.shape)}, expected "
-            f"{tuple(snippet_scores.shape[:2])}"
+            f"valid mask has shape {tuple(valid.shape)}, expected {tuple(snippet_scores.shape[:2])}"
         )
     if not bool(valid.any(dim=1).all()):
         empty = (~valid.any(dim=1)).nonzero().flatten().tolist()
@@ -85,4 +84,9 @@ def initial_pseudo_labels(
             f"{tuple(snippet_scores.shape)} (expected (N, C) and (N, S, C))"
         )
     agg = aggregate(alpha, beta, zeta)
-    return {"alpha": alpha, "beta": beta, "aggregate": agg, "final": pseudo_label(global_scores, agg)}
+    return {
+        "alpha": alpha,
+        "beta": beta,
+        "aggregate": agg,
+        "final": pseudo_label(global_scores, agg),
+    }

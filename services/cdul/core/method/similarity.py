@@ -31,7 +31,9 @@ def temperature(logit_scale: torch.Tensor | float) -> torch.Tensor:
     return torch.as_tensor(logit_scale, dtype=torch.float32).exp()
 
 
-def cosine_similarity(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
+def cosine_similarity(
+    image_embeddings: torch.Tensor, text_embeddings: torch.Tensor
+) -> torch.Tensor:
     """Eq. 1 / Eq. 3: cosines between embeddings ``(..., D)`` and class prompts ``(C, D)``.
 
     Returns ``(..., C)``. Inputs need not be normalised; zero vectors give cosine 0

@@ -103,8 +103,7 @@ def parse_snippet_spec(text: str) -> SnippetSpec:
         rows, cols = int(m["rows"]), int(m["cols"])
         if rows < 1 or cols < 1:
             raise ConfigError(
-                f"snippet spec {text!r}: grid rows and columns must be >= 1, got "
-                f"{rows}x{cols}"
+                f"snippet spec {text!r}: grid rows and columns must be >= 1, got {rows}x{cols}"
             )
         return GridSpec(rows, cols)
     if m := _PATCH.fullmatch(spec):

@@ -1,0 +1,77 @@
+"""The ``cdul`` console command: one sub-command per job.
+
+Sub-commands are a registry (name -> module path and one-line help); a module is
+imported only when its command is chosen, so ``cdul --help`` stays fast and a
+component's heavy imports (torch, grpc) are paid only by the job that needs them.
+Each module provides ``configure(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cdul import __version__
+from cdul.core.errors import CdulError
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "dataset": Command(
+        "cdul.commands.dataset", "read a dataset spec: counts per class and unreadable items"
+    ),
+    "snippets": Command(
+        "cdul.commands.snippets", "show the snippets a spec cuts from an image of a given size"
+    ),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only the ``selected`` sub-command's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="cdul",
+        description="CLIP-driven unsupervised multi-label classification (CDUL) as services.",
+    )
+    parser.add_argument("--version", action="version", version=f"cdul {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        if name == selected:
+            module = importlib.import_module(command.module)
+            child = sub.add_parser(name, help=command.help, description=command.help)
+            module.configure(child)
+            child.set_defaults(_run=module.run)
+        else:
+            sub.add_parser(name, help=command.help, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(selected).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except CdulError as error:
+        print(f"cdul {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cdul {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

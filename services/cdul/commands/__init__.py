@@ -1,0 +1,1 @@
+"""Small utility sub-commands of ``cdul`` built on the shared core."""
