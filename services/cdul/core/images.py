@@ -60,6 +60,15 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
 
 _EXIF_ORIENTATION = 0x0112
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
@@ -94,6 +103,11 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageDecodeError(f"image {name!r} is over PIL's pixel limit: {error}") from None
     except Image.UnidentifiedImageError:
+        claimed = _sniff(bytes(data[:16]))
+        if claimed is not None:
+            raise ImageDecodeError(
+                f"image {name!r} starts like a {claimed} file but its header cannot be parsed"
+            ) from None
         raise ImageDecodeError(
             f"image {name!r} is not a JPEG, PNG, WebP or BMP image "
             f"({len(data)} bytes in a format PIL cannot identify)"
@@ -143,6 +157,16 @@ def open_image(
     return decode_image(data, name=name, max_pixels=max_pixels)
 
 
+def _sniff(head: bytes) -> str | None:
+    """The format a file's first bytes claim, to tell "broken PNG" from "not an image"."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag, so pixels come out the way viewers show them."""
     try:
@@ -164,8 +188,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image).astype(np.int64)
         eight_bit = (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
         return Image.fromarray(eight_bit).convert("RGB")
-    has_alpha = "A" in mode or "a" in mode or "transparency" in image.info
-    if has_alpha:
+    if mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
