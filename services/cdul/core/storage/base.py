@@ -1,0 +1,269 @@
+"""The object-store interface every backend implements, key rules and the retry policy.
+
+Keys are ``/``-separated paths relative to a store's root (``pseudo_labels/manifest.json``).
+The same key must mean the same object on every backend, so keys are checked here,
+once, before any backend sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from cdul.core.errors import ConfigError, StorageError
+
+# A file:// writer stages data in temp files named like this, next to the target.
+# list() never shows them and keys may not use the prefix, so a reader can never
+# mistake a half-written temp file for an object.
+TEMP_PREFIX = ".tmp-"
+
+_JSON_CONTENT_TYPE = "application/json"
+_TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+_BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+def _bad_segments(path: str) -> str | None:
+    """Why ``path`` is not a safe relative key path, or None when it is."""
+    if "\\" in path:
+        return "contains a backslash"
+    if "\x00" in path:
+        return "contains a NUL character"
+    if path.startswith("/"):
+        return "is absolute"
+    segments = path.split("/")
+    if ".." in segments:
+        return "contains '..'"
+    if "." in segments:
+        return "contains '.'"
+    if "" in segments:
+        return "has an empty path segment ('//' or a trailing '/')"
+    if any(segment.startswith(TEMP_PREFIX) for segment in segments):
+        return f"uses the reserved temp-file prefix {TEMP_PREFIX!r}"
+    return None
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` unchanged if it is a valid object key, else raise ConfigError.
+
+    Rejected: empty keys, absolute keys, ``.``/``..`` segments, backslashes, empty
+    segments (``a//b``, ``a/``) and segments starting with ``.tmp-``. Empty segments
+    are refused because ``a//b`` is a distinct key in S3 but the same file as
+    ``a/b`` on a file system.
+    """
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"invalid object key {key!r}: it is empty")
+    problem = _bad_segments(key)
+    if problem:
+        raise ConfigError(f"invalid object key {key!r}: it {problem}")
+    return key
+
+
+def validate_list_prefix(prefix: str) -> str:
+    """Check a ``list()`` prefix: a key prefix, so a trailing ``/`` is allowed."""
+    if prefix == "":
+        return prefix
+    if not isinstance(prefix, str):
+        raise ConfigError(f"invalid list prefix {prefix!r}: not a string")
+    body = prefix[:-1] if prefix.endswith("/") else prefix
+    problem = _bad_segments(body) if body else "is only '/'"
+    if problem:
+        raise ConfigError(f"invalid list prefix {prefix!r}: it {problem}")
+    return prefix
+
+
+def validate_child_prefix(prefix: str) -> str:
+    """Normalise a ``child()`` prefix (one trailing ``/`` is dropped) and check it."""
+    body = prefix[:-1] if isinstance(prefix, str) and prefix.endswith("/") else prefix
+    try:
+        return validate_key(body)
+    except ConfigError:
+        raise ConfigError(f"invalid child prefix {prefix!r}: must be a non-empty key") from None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry an operation that failed transiently.
+
+    ``attempts`` counts every try, the first included. The wait before try n+1 is
+    ``initial_backoff_s * multiplier**(n-1)``, capped at ``max_backoff_s``, plus up to
+    ``jitter`` of itself at random so that many shards failing together do not
+    retry in lock-step. The defaults ride out a MinIO restart of about 20 s.
+    """
+
+    attempts: int = 8
+    initial_backoff_s: float = 0.25
+    max_backoff_s: float = 8.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"retry attempts must be >= 1, got {self.attempts}")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < 0:
+            raise ConfigError("retry backoff times must be >= 0")
+        if self.multiplier < 1:
+            raise ConfigError(f"retry multiplier must be >= 1, got {self.multiplier}")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError(f"retry jitter must be within [0, 1], got {self.jitter}")
+
+    def backoffs(self) -> Iterator[float]:
+        """The waits between consecutive attempts (``attempts - 1`` values)."""
+        delay = self.initial_backoff_s
+        for _ in range(self.attempts - 1):
+            capped = min(delay, self.max_backoff_s)
+            yield capped * (1 + random.uniform(0, self.jitter))
+            delay *= self.multiplier
+
+    # Environment overrides, for operators who need more (or less) patience.
+    ENV_VARS: ClassVar[dict[str, str]] = {
+        "attempts": "CDUL_S3_RETRY_ATTEMPTS",
+        "initial_backoff_s": "CDUL_S3_RETRY_INITIAL_BACKOFF_S",
+        "max_backoff_s": "CDUL_S3_RETRY_MAX_BACKOFF_S",
+        "multiplier": "CDUL_S3_RETRY_MULTIPLIER",
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
+        """The default policy, with any ``CDUL_S3_RETRY_*`` variable applied."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field_name, var in cls.ENV_VARS.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                values[field_name] = int(raw) if field_name == "attempts" else float(raw)
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a number") from None
+        return cls(**values)
+
+
+class ObjectStore(ABC):
+    """A flat namespace of byte objects under one root URI.
+
+    Public methods check keys and delegate to the ``_``-prefixed primitives that a
+    backend implements. Every write is atomic: a reader sees the old object or the
+    new one, never part of one. Stores are immutable and safe to share between
+    threads.
+    """
+
+    #: URI scheme handled by the backend (``file``, ``s3``).
+    scheme: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def from_uri(
+        cls, uri: str, *, retry: RetryPolicy | None = None, create_bucket: bool = False
+    ) -> Self:
+        """Open the store a URI names (the registry in ``open_store`` calls this)."""
+
+    @property
+    @abstractmethod
+    def uri(self) -> str:
+        """The URI of the store's root; ``open_store(store.uri)`` reopens it."""
+
+    @abstractmethod
+    def uri_for(self, key: str) -> str:
+        """The full URI of ``key`` (for messages, manifests and logs)."""
+
+    # ---- the primitives a backend implements (keys already validated)
+
+    @abstractmethod
+    def _write(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def _read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _write_file(self, key: str, local_path: Path) -> None: ...
+
+    @abstractmethod
+    def _read_file(self, key: str, local_path: Path) -> None: ...
+
+    @abstractmethod
+    def _child(self, prefix: str) -> ObjectStore: ...
+
+    # ---- public API
+
+    def write_bytes(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` under ``key`` atomically, replacing any previous object."""
+        self._write(validate_key(key), bytes(data), _BINARY_CONTENT_TYPE)
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object; ObjectNotFoundError (naming the URI) if it is missing."""
+        return self._read(validate_key(key))
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under ``key``."""
+        return self._exists(validate_key(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix`` (a plain string prefix, as in S3),
+        recursively, sorted, relative to the store root."""
+        return sorted(self._list(validate_list_prefix(prefix)))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting a missing key is not an error."""
+        self._delete(validate_key(key))
+
+    def write_text(self, key: str, text: str) -> None:
+        """Store ``text`` encoded as UTF-8."""
+        self._write(validate_key(key), text.encode("utf-8"), _TEXT_CONTENT_TYPE)
+
+    def read_text(self, key: str) -> str:
+        """Read an object as UTF-8 text."""
+        data = self.read_bytes(key)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"{self.uri_for(key)} is not UTF-8 text: {exc}") from exc
+
+    def write_json(self, key: str, obj: Any) -> None:
+        """Store ``obj`` as UTF-8 JSON, keys sorted and indented, so that artefacts
+        diff cleanly and the same content always gives the same bytes."""
+        text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        self._write(validate_key(key), text.encode("utf-8"), _JSON_CONTENT_TYPE)
+
+    def read_json(self, key: str) -> Any:
+        """Read and parse a JSON object."""
+        text = self.read_text(key)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StorageError(f"{self.uri_for(key)} is not valid JSON: {exc}") from exc
+
+    def write_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Upload a local file, streamed (never held in memory whole), atomically."""
+        path = Path(local_path)
+        if not path.is_file():
+            raise StorageError(f"cannot store {self.uri_for(key)}: {path} is not a file")
+        self._write_file(validate_key(key), path)
+
+    def read_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
+        """Download ``key`` to ``local_path`` (parents created), streamed. The local
+        file is replaced atomically too, so a failed download leaves no partial file."""
+        path = Path(local_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._read_file(validate_key(key), path)
+
+    def child(self, prefix: str) -> ObjectStore:
+        """A store rooted at ``prefix`` inside this one (e.g. ``RUN/pseudo_labels``)."""
+        return self._child(validate_child_prefix(prefix))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.uri!r})"
