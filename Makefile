@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests benchmarks
-	$(VENV)/bin/ruff format --check services tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 unit: $(STAMP)
