@@ -39,3 +39,29 @@ def s3_env(s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch) -> Iterator
     s3_server.inject_slowdown(0)
     if not s3_server.listening:
         s3_server.resume_listening()
+
+
+# -- the embedded world ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def world_models():
+    """The world's tiny CLIP and backbone, trained once and cached under $CDUL_CACHE_DIR
+    (the Makefile points it at the checkout's .cache/, so CI trains at most once)."""
+    from cdul.world.backbone import BackboneRecipe, ensure_backbone
+    from cdul.world.tiny_clip import TinyClipRecipe, ensure_tiny_clip
+
+    return {
+        "clip": ensure_tiny_clip(TinyClipRecipe(), progress=False),
+        "backbone": ensure_backbone(BackboneRecipe(), progress=False),
+    }
+
+
+@pytest.fixture(scope="session")
+def world_root(tmp_path_factory):
+    """A world in VOC layout: 300 train and 500 val scenes (seed 0)."""
+    from cdul.world.generator import write_voc_world
+
+    return write_voc_world(
+        tmp_path_factory.mktemp("world"), seed=0, train=300, val=500, progress=False
+    )

@@ -29,6 +29,9 @@ COMMANDS: dict[str, Command] = {
     "dataset": Command(
         "cdul.commands.dataset", "read a dataset spec: counts per class and unreadable items"
     ),
+    "world": Command(
+        "cdul.world.command", "the embedded world: generate scenes, train its models, report"
+    ),
     "snippets": Command(
         "cdul.commands.snippets", "show the snippets a spec cuts from an image of a given size"
     ),

@@ -1,0 +1,92 @@
+"""One factory for CLIP models: open_clip names + pretrained tags or local checkpoints.
+
+The project's own model configs (``core/model_configs/*.json``, e.g. the embedded
+world's ``cdul-tiny-rn``) are registered with open_clip first, so a tiny CLIP trained
+here loads exactly like ``RN50`` with ``openai`` weights::
+
+    create_clip("RN50", "openai")                     # open_clip's tag (needs its cache)
+    create_clip("RN50", "/models/rn50-openai.pt")     # a local checkpoint
+    create_clip("cdul-tiny-rn", "/cache/tiny.pt")     # the embedded world's CLIP
+    create_clip("RN50", None)                         # random weights (tests)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from cdul.core.errors import ConfigError
+
+MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+
+
+@functools.cache
+def register_project_configs() -> tuple[str, ...]:
+    """Register every JSON config in :data:`MODEL_CONFIG_DIR` with open_clip (once)."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    return tuple(sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json")))
+
+
+@dataclass
+class Clip:
+    """A loaded CLIP: the model in eval mode, its preprocessing and its tokenizer."""
+
+    model: torch.nn.Module
+    preprocess: Any
+    tokenizer: Any
+    name: str
+    pretrained: str
+    image_size: int
+    embed_dim: int
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The stored log-scale; the softmax multiplier is its exponential."""
+        return self.model.logit_scale.detach()
+
+
+def create_clip(
+    model_name: str,
+    pretrained: str | None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> Clip:
+    """Load ``model_name`` with weights from a tag, a local path, or none (random)."""
+    register_project_configs()
+    if model_name not in open_clip.list_models():
+        raise ConfigError(
+            f"unknown CLIP model {model_name!r}; open_clip knows e.g. RN50, ViT-B-32, and this "
+            f"project adds {', '.join(register_project_configs())}"
+        )
+    looks_like_path = pretrained is not None and ("/" in pretrained or pretrained.endswith(".pt"))
+    if looks_like_path and not Path(pretrained).is_file():
+        raise ConfigError(f"CLIP checkpoint {pretrained!r} does not exist")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, precision=precision
+        )
+    except RuntimeError as error:  # open_clip raises RuntimeError for unknown tags
+        raise ConfigError(
+            f"cannot load CLIP {model_name} weights {pretrained!r}: {error}"
+        ) from error
+    except OSError as error:  # a tag whose download failed (no network here)
+        raise ConfigError(
+            f"cannot fetch CLIP {model_name} weights {pretrained!r} ({error}); on an offline "
+            "machine pass a local checkpoint path instead"
+        ) from error
+    model.eval()
+    image_size = model.visual.image_size
+    return Clip(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(model_name),
+        name=model_name,
+        pretrained=pretrained or "random",
+        image_size=int(image_size[0] if isinstance(image_size, tuple) else image_size),
+        embed_dim=int(model.text_projection.shape[-1]),
+    )

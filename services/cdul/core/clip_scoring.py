@@ -1,0 +1,139 @@
+"""Scoring images against a label set with a loaded CLIP: Eq. 1-7 end to end, in-process.
+
+This is the one place that turns pixels into the method's inputs: CLIP preprocessing,
+the image and text encoders, snippet cropping from the full-resolution image. The
+equations themselves come from :mod:`cdul.core.method`. The gRPC similarity service
+wraps the same calls with batching across requests; the world's report and the tests'
+independent reference use them directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from cdul.core.clip_models import Clip
+from cdul.core.errors import ConfigError
+from cdul.core.method.aggregation import DEFAULT_ZETA, initial_pseudo_labels
+from cdul.core.method.similarity import class_scores, cosine_similarity
+from cdul.core.method.snippets import SnippetSpec, crop_snippets
+
+DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Class names and the prompt template that turns each into a sentence."""
+
+    classes: tuple[str, ...]
+    template: str = DEFAULT_TEMPLATE
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("the label set is empty: give at least one class name")
+        if any(not c.strip() for c in self.classes):
+            raise ConfigError("the label set has an empty class name")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"the label set repeats a class name: {list(self.classes)}")
+        if self.template.count("{}") != 1:
+            raise ConfigError(
+                f"prompt template {self.template!r} must contain exactly one '{{}}' placeholder"
+            )
+        try:
+            self.prompts()
+        except (IndexError, KeyError, ValueError) as error:
+            raise ConfigError(
+                f"prompt template {self.template!r} has an unknown placeholder: {error}"
+            ) from None
+
+    def prompts(self) -> list[str]:
+        return [self.template.format(c) for c in self.classes]
+
+    def digest(self) -> str:
+        """A stable hash naming this label set (cache key, wire reference)."""
+        text = "\x1f".join((self.template, *self.classes))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Everything Eq. 1-7 produce for a batch of N images over C classes."""
+
+    global_cosine: torch.Tensor  # (N, C)
+    global_scores: torch.Tensor  # (N, C) Eq. 2
+    snippet_cosine: list[torch.Tensor]  # N tensors (S_i, C)
+    alpha: torch.Tensor  # (N, C) Eq. 5
+    beta: torch.Tensor
+    aggregate: torch.Tensor  # (N, C) Eq. 6
+    final: torch.Tensor  # (N, C) Eq. 7
+
+
+class ClipScorer:
+    """A CLIP model plus a cache of label-set text embeddings."""
+
+    def __init__(self, clip: Clip, device: str | torch.device = "cpu") -> None:
+        self.clip = clip
+        self.device = torch.device(device)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.float().cpu()
+
+    @torch.inference_mode()
+    def text_embeddings(self, labels: LabelSet) -> torch.Tensor:
+        """``(C, D)`` prompt embeddings, computed once per label set."""
+        key = labels.digest()
+        if key not in self._text_cache:
+            tokens = self.clip.tokenizer(labels.prompts()).to(self.device)
+            self._text_cache[key] = self.clip.model.encode_text(tokens).float().cpu()
+        return self._text_cache[key]
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.clip.preprocess(image) for image in images])
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Image embeddings ``(N, D)`` of preprocessed ``(N, 3, H, W)`` pixels."""
+        dtype = next(self.clip.model.parameters()).dtype
+        out = [
+            self.clip.model.encode_image(chunk.to(self.device, dtype)).float().cpu()
+            for chunk in pixels.split(batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.clip.embed_dim)
+
+    def score(
+        self,
+        images: Sequence[Image.Image],
+        labels: LabelSet,
+        spec: SnippetSpec,
+        zeta: float = DEFAULT_ZETA,
+        batch_size: int = 256,
+    ) -> ImageScores:
+        """Eq. 1-7 for ``images``: global and snippet passes, aggregation, final label."""
+        text = self.text_embeddings(labels)
+        snippets = [crop_snippets(image, spec) for image in images]
+        counts = [len(s) for s in snippets]
+        views = [*images, *(tile for tiles in snippets for tile in tiles)]
+        embeddings = self.encode(self.preprocess(views), batch_size)
+        global_cos = cosine_similarity(embeddings[: len(images)], text)
+        snippet_cos = list(cosine_similarity(embeddings[len(images) :], text).split(counts))
+        padded = torch.nn.utils.rnn.pad_sequence(snippet_cos, batch_first=True)
+        valid = torch.arange(padded.shape[1])[None, :] < torch.tensor(counts)[:, None]
+        glob = class_scores(global_cos, self.logit_scale)
+        labels_out = initial_pseudo_labels(
+            glob, class_scores(padded, self.logit_scale), zeta, valid
+        )
+        return ImageScores(
+            global_cosine=global_cos,
+            global_scores=glob,
+            snippet_cosine=snippet_cos,
+            alpha=labels_out["alpha"],
+            beta=labels_out["beta"],
+            aggregate=labels_out["aggregate"],
+            final=labels_out["final"],
+        )

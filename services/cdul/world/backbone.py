@@ -1,0 +1,128 @@
+"""The embedded world's backbone: the analogue of ImageNet weights for the trainer.
+
+A ResNet trained from scratch on 2,000 scenes is data-starved; the paper's classifier
+starts from ImageNet weights. Here a small torchvision ResNet is pre-trained,
+supervised, on the world's single objects (an endless stream drawn on the fly) and
+saved as a torchvision-format state_dict, so the trainer's ``--backbone-weights PATH``
+path is exercised exactly as ImageNet weights would be (its ``fc`` layer has one
+output per world class and is replaced by the trainer's own head).
+
+Deterministic for a fixed seed and thread count (both part of the cache key).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.transforms import v2
+
+from cdul.world import cache
+from cdul.world.generator import make_single
+from cdul.world.shapes import SHAPES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneRecipe:
+    """Everything that determines the backbone's weights."""
+
+    arch: str = "resnet18"
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    threads: int = 2
+
+    def key(self) -> str:
+        return cache.cache_key("backbone", {"recipe": asdict(self)})
+
+
+def to_tensor() -> v2.Compose:
+    """PIL -> normalised float tensor, ImageNet statistics (as torchvision weights expect)."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def checkpoint_path(recipe: BackboneRecipe, directory: Path | None = None) -> Path:
+    return (directory or cache.cache_dir()) / f"{recipe.key()}.pt"
+
+
+def ensure_backbone(
+    recipe: BackboneRecipe | None = None, directory: Path | None = None, progress: bool = True
+) -> Path:
+    """The cached state_dict for ``recipe``, training it first if it is not there."""
+    recipe = recipe or BackboneRecipe()
+    path = checkpoint_path(recipe, directory)
+    if cache.load_summary(path) is not None:
+        return path
+    state, summary = train_backbone(recipe, progress=progress)
+    cache.save_atomic(state, path, summary)
+    return path
+
+
+def train_backbone(
+    recipe: BackboneRecipe, progress: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    from tqdm import tqdm
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        torch.manual_seed(recipe.seed)
+        model = torchvision.models.get_model(recipe.arch, weights=None, num_classes=len(SHAPES))
+        model.train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / recipe.steps))
+        )
+        transform = to_tensor()
+        desc = f"world backbone ({recipe.arch})"
+        bar = tqdm(range(recipe.steps), desc=desc, unit="step", disable=not progress)
+        accuracy = float("nan")
+        for step in bar:
+            singles = [
+                make_single(recipe.seed, step * recipe.batch_size + i, stream="pretrain")
+                for i in range(recipe.batch_size)
+            ]
+            images = torch.stack([transform(s.image) for s in singles])
+            targets = torch.tensor([s.label for s in singles])
+            logits = model(images)
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            batch_acc = (logits.argmax(1) == targets).float().mean().item()
+            accuracy = batch_acc if math.isnan(accuracy) else 0.9 * accuracy + 0.1 * batch_acc
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
+        model.eval()
+        held_out = heldout_accuracy(model, recipe.seed)
+        summary = {
+            "arch": recipe.arch,
+            "recipe": asdict(recipe),
+            "classes": list(SHAPES),
+            "heldout_top1": held_out,
+        }
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, summary
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+@torch.inference_mode()
+def heldout_accuracy(model: torch.nn.Module, seed: int, count: int = 500) -> float:
+    transform = to_tensor()
+    singles = [make_single(seed, i, stream="heldout") for i in range(count)]
+    images = torch.stack([transform(s.image) for s in singles])
+    targets = torch.tensor([s.label for s in singles])
+    return float((model(images).argmax(1) == targets).float().mean())

@@ -1,0 +1,93 @@
+"""``cdul world``: write the embedded world, train (or reuse) its models, report on them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cdul.core.errors import ConfigError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    gen = actions.add_parser("generate", help="write scenes in VOC layout to DIR")
+    gen.add_argument("root", type=Path, help="output directory (created)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--train", type=int, default=2000, help="training scenes (default 2000)")
+    gen.add_argument("--val", type=int, default=500, help="validation scenes (default 500)")
+
+    models = actions.add_parser(
+        "models", help="train or reuse the tiny CLIP and the backbone; print their paths"
+    )
+    models.add_argument("--seed", type=int, default=0)
+    models.add_argument("--cache-dir", type=Path, default=None, help="default: $CDUL_CACHE_DIR")
+    models.add_argument("--json", action="store_true", help="print paths as JSON")
+
+    report = actions.add_parser(
+        "report", help="zero-shot top-1 and pseudo-label mAP per snippet spec and zeta"
+    )
+    report.add_argument("root", type=Path, help="a world written by 'cdul world generate'")
+    report.add_argument("--split", default="val")
+    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--singles", type=int, default=500, help="held-out singles for top-1")
+    report.add_argument(
+        "--specs", nargs="+", default=None, help="default: grid:2x2 grid:3x3 patch:16 patch:32"
+    )
+    report.add_argument(
+        "--zetas", nargs="+", type=float, default=None, help="default: 0 0.25 0.5 0.75"
+    )
+    report.add_argument("--cache-dir", type=Path, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"generate": _generate, "models": _models, "report": _report}[args.action](args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cdul.world.generator import write_voc_world
+
+    if args.train < 0 or args.val < 0 or args.train + args.val == 0:
+        raise ConfigError("--train and --val must be >= 0 and not both 0")
+    root = write_voc_world(args.root, seed=args.seed, train=args.train, val=args.val)
+    print(f"wrote {args.train} train + {args.val} val scenes to {root} (voc:{root}:val)")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from cdul.world.backbone import BackboneRecipe, ensure_backbone
+    from cdul.world.tiny_clip import MODEL_NAME, TinyClipRecipe, ensure_tiny_clip
+
+    clip = ensure_tiny_clip(TinyClipRecipe(seed=args.seed), args.cache_dir)
+    backbone_recipe = BackboneRecipe(seed=args.seed)
+    backbone = ensure_backbone(backbone_recipe, args.cache_dir)
+    paths = {
+        "clip_model": MODEL_NAME,
+        "clip_pretrained": str(clip),
+        "backbone_arch": backbone_recipe.arch,
+        "backbone_weights": str(backbone),
+    }
+    if args.json:
+        print(json.dumps(paths, indent=2))
+    else:
+        for key, value in paths.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cdul.core.clip_models import create_clip
+    from cdul.core.clip_scoring import ClipScorer
+    from cdul.core.datasets import open_dataset
+    from cdul.world import report
+    from cdul.world.tiny_clip import MODEL_NAME, TinyClipRecipe, ensure_tiny_clip
+
+    dataset = open_dataset(f"voc:{args.root}:{args.split}")
+    checkpoint = ensure_tiny_clip(TinyClipRecipe(seed=args.seed), args.cache_dir)
+    scorer = ClipScorer(create_clip(MODEL_NAME, str(checkpoint)))
+    top1 = report.zero_shot_top1(scorer, args.seed, args.singles)
+    results = report.pseudo_label_maps(
+        scorer, dataset, args.specs or report.DEFAULT_SPECS, args.zetas or report.DEFAULT_ZETAS
+    )
+    print(report.format_report(top1, args.singles, len(dataset), results))
+    return 0

@@ -1,0 +1,121 @@
+"""Pre-training the embedded world's tiny CLIP with open_clip's own ``ClipLoss``.
+
+The model is ``cdul-tiny-rn`` (``core/model_configs/cdul-tiny-rn.json``: a
+ModifiedResNet vision tower at 64 px, width 16, layers [1, 1, 1, 1]; a 2-layer text
+transformer of width 128, context 16; embed dim 128; initial logit scale 30). It is
+trained contrastively on captioned single objects drawn on the fly, and saved as a
+state_dict that ``open_clip.create_model_and_transforms("cdul-tiny-rn",
+pretrained=PATH)`` loads, so the rest of the system treats it like RN50/openai.
+
+Deterministic for a fixed seed and thread count (both part of the cache key).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+from tqdm import tqdm
+
+from cdul.core.clip_models import MODEL_CONFIG_DIR, create_clip
+from cdul.world import cache
+from cdul.world.generator import make_single
+
+MODEL_NAME = "cdul-tiny-rn"
+
+
+@dataclass(frozen=True)
+class TinyClipRecipe:
+    """Everything that determines the tiny CLIP's weights."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    seed: int = 0
+    threads: int = 2
+
+    def key(self) -> str:
+        config = (MODEL_CONFIG_DIR / f"{MODEL_NAME}.json").read_text(encoding="utf-8")
+        return cache.cache_key("tiny-clip", {"recipe": asdict(self), "config": config})
+
+
+def checkpoint_path(recipe: TinyClipRecipe, directory: Path | None = None) -> Path:
+    return (directory or cache.cache_dir()) / f"{recipe.key()}.pt"
+
+
+def ensure_tiny_clip(
+    recipe: TinyClipRecipe | None = None, directory: Path | None = None, progress: bool = True
+) -> Path:
+    """The cached checkpoint for ``recipe``, training it first if it is not there."""
+    recipe = recipe or TinyClipRecipe()
+    path = checkpoint_path(recipe, directory)
+    if cache.load_summary(path) is not None:
+        return path
+    state, summary = train_tiny_clip(recipe, progress=progress)
+    cache.save_atomic(state, path, summary)
+    return path
+
+
+def _lr_at(step: int, recipe: TinyClipRecipe) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    done = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    return 0.5 * recipe.lr * (1 + math.cos(math.pi * done))
+
+
+def train_tiny_clip(
+    recipe: TinyClipRecipe, progress: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """Train from scratch; returns the state_dict and a summary (recipe, final loss)."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        torch.manual_seed(recipe.seed)
+        clip = create_clip(MODEL_NAME, None)
+        model = clip.model.train()
+        loss_fn = open_clip.ClipLoss()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit" not in n]
+        rest = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit" in n]
+        optimiser = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": recipe.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=recipe.lr,
+        )
+        bar = tqdm(range(recipe.steps), desc="tiny CLIP", unit="step", disable=not progress)
+        running = float("nan")
+        for step in bar:
+            singles = [
+                make_single(recipe.seed, step * recipe.batch_size + i)
+                for i in range(recipe.batch_size)
+            ]
+            images = torch.stack([clip.preprocess(s.image) for s in singles])
+            texts = clip.tokenizer([s.caption for s in singles])
+            for group in optimiser.param_groups:
+                group["lr"] = _lr_at(step, recipe)
+            image_features = model.encode_image(images, normalize=True)
+            text_features = model.encode_text(texts, normalize=True)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():  # as in CLIP: keep the temperature multiplier <= 100
+                model.logit_scale.clamp_(0, math.log(100))
+            running = loss.item() if math.isnan(running) else 0.95 * running + 0.05 * loss.item()
+            bar.set_postfix(loss=f"{running:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
+        model.eval()
+        summary = {
+            "model": MODEL_NAME,
+            "recipe": asdict(recipe),
+            "final_loss_ema": running,
+            "logit_scale_exp": model.logit_scale.exp().item(),
+        }
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, summary
+    finally:
+        torch.set_num_threads(previous_threads)

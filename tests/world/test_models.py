@@ -1,0 +1,82 @@
+"""The world's tiny CLIP and backbone: what they must be able to do, caching, determinism."""
+
+import time
+
+import pytest
+import torch
+
+from cdul.core.clip_models import create_clip
+from cdul.core.clip_scoring import ClipScorer
+from cdul.core.datasets import open_dataset
+from cdul.world import backbone, tiny_clip
+from cdul.world.report import pseudo_label_maps, zero_shot_top1
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_clip_zero_shot_and_pseudo_label_map(world_models, world_root):
+    scorer = ClipScorer(create_clip(tiny_clip.MODEL_NAME, str(world_models["clip"])))
+    assert zero_shot_top1(scorer, seed=0, count=500) >= 0.70
+    dataset = open_dataset(f"voc:{world_root}:val")
+    assert len(dataset) == 500
+    [result] = pseudo_label_maps(scorer, dataset, specs=["grid:3x3"], zetas=[0.5], progress=False)
+    assert result.global_map >= 0.25
+    assert result.final_map[0.5] >= result.global_map + 0.15
+    assert result.passes_per_image == 10.0
+
+
+def test_backbone_is_a_torchvision_state_dict_that_classifies_singles(world_models):
+    state = torch.load(world_models["backbone"], weights_only=True)
+    model = torchvision_model()
+    model.load_state_dict(state)
+    assert backbone.heldout_accuracy(model.eval(), seed=0, count=200) >= 0.8
+
+
+def torchvision_model():
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=12)
+
+
+def test_cached_models_are_reused_not_retrained(world_models):
+    clip_path, backbone_path = world_models["clip"], world_models["backbone"]
+    before = (clip_path.stat().st_mtime_ns, backbone_path.stat().st_mtime_ns)
+    start = time.perf_counter()
+    assert tiny_clip.ensure_tiny_clip(progress=False) == clip_path
+    assert backbone.ensure_backbone(progress=False) == backbone_path
+    assert time.perf_counter() - start < 1.0
+    assert (clip_path.stat().st_mtime_ns, backbone_path.stat().st_mtime_ns) == before
+
+
+def test_a_changed_setting_is_a_different_cache_entry():
+    base = tiny_clip.TinyClipRecipe()
+    assert tiny_clip.TinyClipRecipe(steps=999).key() != base.key()
+    assert tiny_clip.TinyClipRecipe(seed=1).key() != base.key()
+    assert backbone.BackboneRecipe(lr=2e-3).key() != backbone.BackboneRecipe().key()
+
+
+def test_training_is_deterministic_for_a_seed():
+    recipe = tiny_clip.TinyClipRecipe(steps=3, batch_size=8, warmup_steps=1)
+    first, _ = tiny_clip.train_tiny_clip(recipe, progress=False)
+    second, _ = tiny_clip.train_tiny_clip(recipe, progress=False)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    short = backbone.BackboneRecipe(steps=2, batch_size=8)
+    a, _ = backbone.train_backbone(short, progress=False)
+    b, _ = backbone.train_backbone(short, progress=False)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_loads_through_open_clip_like_a_pretrained_tag(world_models):
+    import open_clip
+
+    from cdul.core.clip_models import register_project_configs
+
+    register_project_configs()
+    model, _, _ = open_clip.create_model_and_transforms(
+        tiny_clip.MODEL_NAME, pretrained=str(world_models["clip"])
+    )
+    ours = create_clip(tiny_clip.MODEL_NAME, str(world_models["clip"])).model
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), ours.state_dict().values(), strict=True)
+    )
