@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The world's trained models are cached here (once per checkout; see services/cdul/world/cache.py).
+export CDUL_CACHE_DIR ?= $(CURDIR)/.cache
 
 .PHONY: install test lint unit demo clean
 

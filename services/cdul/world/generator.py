@@ -84,7 +84,7 @@ def make_single(seed: int, index: int, stream: str = "pretrain", size: int = SIN
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     colour = _COLOUR_NAMES[int(rng.integers(len(_COLOUR_NAMES)))]
     canvas = background(rng, size, size)
-    obj = int(rng.uniform(0.5, 0.9) * size)
+    obj = int(rng.uniform(0.3, 0.9) * size)  # small ones too: a scene seen whole
     left, top = (int(v) for v in rng.integers(0, size - obj + 1, size=2))
     paste_object(canvas, rng, shape, colour, obj, left, top)
     templates, weights = zip(*CAPTION_TEMPLATES, strict=True)
