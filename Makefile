@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The world's trained models are cached here (once per checkout; see services/cdul/world/cache.py).
 export CDUL_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install test lint unit demo clean
+.PHONY: install test lint unit demo clean proto
 
 # The venv is rebuilt when the pins change.
 $(STAMP): pyproject.toml
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# gRPC stubs from protos/ into services/cdul/_proto (committed; a test checks they are current).
+proto: $(STAMP)
+	$(PY) -m cdul.clip_service.codegen
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ independent reference use them directly.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from cdul.core.clip_models import Clip
 from cdul.core.errors import ConfigError
-from cdul.core.method.aggregation import DEFAULT_ZETA, initial_pseudo_labels
+from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, pseudo_label
 from cdul.core.method.similarity import class_scores, cosine_similarity
 from cdul.core.method.snippets import SnippetSpec, crop_snippets
 
@@ -60,6 +61,18 @@ class LabelSet:
 
 
 @dataclass(frozen=True)
+class ViewScores:
+    """Eq. 1-5 for one image from the embeddings of its views (whole image + snippets)."""
+
+    global_cosine: torch.Tensor  # (C,) Eq. 1
+    global_scores: torch.Tensor  # (C,) Eq. 2
+    snippet_cosine: torch.Tensor  # (S, C) Eq. 3
+    snippet_scores: torch.Tensor  # (S, C) Eq. 4
+    alpha: torch.Tensor  # (C,) Eq. 5
+    beta: torch.Tensor  # (C,)
+
+
+@dataclass(frozen=True)
 class ImageScores:
     """Everything Eq. 1-7 produce for a batch of N images over C classes."""
 
@@ -79,6 +92,7 @@ class ClipScorer:
         self.clip = clip
         self.device = torch.device(device)
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_lock = threading.Lock()
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -88,10 +102,11 @@ class ClipScorer:
     def text_embeddings(self, labels: LabelSet) -> torch.Tensor:
         """``(C, D)`` prompt embeddings, computed once per label set."""
         key = labels.digest()
-        if key not in self._text_cache:
-            tokens = self.clip.tokenizer(labels.prompts()).to(self.device)
-            self._text_cache[key] = self.clip.model.encode_text(tokens).float().cpu()
-        return self._text_cache[key]
+        with self._text_lock:  # concurrent requests for a new label set encode it once
+            if key not in self._text_cache:
+                tokens = self.clip.tokenizer(labels.prompts()).to(self.device)
+                self._text_cache[key] = self.clip.model.encode_text(tokens).float().cpu()
+            return self._text_cache[key]
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return torch.stack([self.clip.preprocess(image) for image in images])
@@ -106,6 +121,18 @@ class ClipScorer:
         ]
         return torch.cat(out) if out else torch.empty(0, self.clip.embed_dim)
 
+    @staticmethod
+    def views(image: Image.Image, spec: SnippetSpec) -> list[Image.Image]:
+        """The whole image followed by its snippets, cut from the full resolution."""
+        return [image, *crop_snippets(image, spec)]
+
+    def score_views(self, embeddings: torch.Tensor, text: torch.Tensor) -> ViewScores:
+        """Eq. 1-5 from ``(1 + S, D)`` view embeddings and ``(C, D)`` prompt embeddings."""
+        cosine = cosine_similarity(embeddings, text)
+        scores = class_scores(cosine, self.logit_scale)
+        alpha, beta = alpha_beta(scores[None, 1:])
+        return ViewScores(cosine[0], scores[0], cosine[1:], scores[1:], alpha[0], beta[0])
+
     def score(
         self,
         images: Sequence[Image.Image],
@@ -116,24 +143,21 @@ class ClipScorer:
     ) -> ImageScores:
         """Eq. 1-7 for ``images``: global and snippet passes, aggregation, final label."""
         text = self.text_embeddings(labels)
-        snippets = [crop_snippets(image, spec) for image in images]
-        counts = [len(s) for s in snippets]
-        views = [*images, *(tile for tiles in snippets for tile in tiles)]
-        embeddings = self.encode(self.preprocess(views), batch_size)
-        global_cos = cosine_similarity(embeddings[: len(images)], text)
-        snippet_cos = list(cosine_similarity(embeddings[len(images) :], text).split(counts))
-        padded = torch.nn.utils.rnn.pad_sequence(snippet_cos, batch_first=True)
-        valid = torch.arange(padded.shape[1])[None, :] < torch.tensor(counts)[:, None]
-        glob = class_scores(global_cos, self.logit_scale)
-        labels_out = initial_pseudo_labels(
-            glob, class_scores(padded, self.logit_scale), zeta, valid
-        )
+        views = [self.views(image, spec) for image in images]
+        embeddings = self.encode(self.preprocess([v for vs in views for v in vs]), batch_size)
+        per_image = [
+            self.score_views(chunk, text) for chunk in embeddings.split([len(v) for v in views])
+        ]
+        glob = torch.stack([r.global_scores for r in per_image])
+        alpha = torch.stack([r.alpha for r in per_image])
+        beta = torch.stack([r.beta for r in per_image])
+        agg = aggregate(alpha, beta, zeta)
         return ImageScores(
-            global_cosine=global_cos,
+            global_cosine=torch.stack([r.global_cosine for r in per_image]),
             global_scores=glob,
-            snippet_cosine=snippet_cos,
-            alpha=labels_out["alpha"],
-            beta=labels_out["beta"],
-            aggregate=labels_out["aggregate"],
-            final=labels_out["final"],
+            snippet_cosine=[r.snippet_cosine for r in per_image],
+            alpha=alpha,
+            beta=beta,
+            aggregate=agg,
+            final=pseudo_label(glob, agg),
         )
