@@ -29,6 +29,9 @@ COMMANDS: dict[str, Command] = {
     "dataset": Command(
         "cdul.commands.dataset", "read a dataset spec: counts per class and unreadable items"
     ),
+    "clip-serve": Command(
+        "cdul.clip_service.command", "run the CLIP similarity gRPC server (global + snippet scores)"
+    ),
     "world": Command(
         "cdul.world.command", "the embedded world: generate scenes, train its models, report"
     ),

@@ -126,10 +126,16 @@ class ClipScorer:
         """The whole image followed by its snippets, cut from the full resolution."""
         return [image, *crop_snippets(image, spec)]
 
+    def score_global(
+        self, embeddings: torch.Tensor, text: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 1-2 (or 3-4): cosines and class scores of ``(N, D)`` image embeddings."""
+        cosine = cosine_similarity(embeddings, text)
+        return cosine, class_scores(cosine, self.logit_scale)
+
     def score_views(self, embeddings: torch.Tensor, text: torch.Tensor) -> ViewScores:
         """Eq. 1-5 from ``(1 + S, D)`` view embeddings and ``(C, D)`` prompt embeddings."""
-        cosine = cosine_similarity(embeddings, text)
-        scores = class_scores(cosine, self.logit_scale)
+        cosine, scores = self.score_global(embeddings, text)
         alpha, beta = alpha_beta(scores[None, 1:])
         return ViewScores(cosine[0], scores[0], cosine[1:], scores[1:], alpha[0], beta[0])
 

@@ -1,0 +1,178 @@
+"""Assembling and running the similarity server: model, batcher, gRPC, health, metrics.
+
+Start-up order matters to Kubernetes: the gRPC port (with the health service saying
+NOT_SERVING) and the metrics port come up first, then the model loads, then health
+turns SERVING. On SIGTERM health turns NOT_SERVING, the server stops taking RPCs and
+gives in-flight ones ``grace_s`` to finish while the batcher keeps encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
+from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
+from cdul.clip_service.batcher import DynamicBatcher
+from cdul.clip_service.metrics import ServiceMetrics
+from cdul.clip_service.servicer import Limits, SimilarityServicer
+from cdul.core.clip_models import create_clip
+from cdul.core.clip_scoring import ClipScorer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Similarity"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model: str = "RN50"
+    pretrained: str | None = "openai"
+    host: str = "0.0.0.0"
+    port: int = 51000
+    metrics_port: int | None = 9100
+    device: str = "auto"  # auto: CUDA when present
+    precision: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue_views: int = 8192
+    workers: int = 16
+    max_message_mb: int = 32
+    grace_s: float = 30.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def resolve_device(device: str, precision: str) -> tuple[str, str]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+    if precision != "fp32" and not device.startswith("cuda"):
+        raise ValueError(f"precision {precision} needs a CUDA device; this one is {device}")
+    return device, precision
+
+
+class SimilarityServer:
+    """A running server; ``stop()`` (or SIGTERM via :func:`serve`) shuts it down."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.device, self.precision = resolve_device(config.device, config.precision)
+        self.metrics = ServiceMetrics()
+        limit = config.max_message_mb * 1024 * 1024
+        self.grpc_server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="clip-rpc"),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        # Registered before start (gRPC takes no handlers after it); answers UNAVAILABLE
+        # until the model has loaded.
+        self.gate = _LoadingGate()
+        pb_grpc.add_SimilarityServicer_to_server(self.gate, self.grpc_server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.grpc_server,
+        )  # fmt: skip
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert and config.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+            )
+            self.port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
+        self.batcher: DynamicBatcher | None = None
+        self.metrics_port: int | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> SimilarityServer:
+        """Listen (health NOT_SERVING), load the model, then turn SERVING."""
+        if self.config.metrics_port is not None:
+            server, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+            self.metrics_port = server.server_port
+            self._metrics_http = server
+        self.grpc_server.start()
+        log.info("listening on %s:%d; loading %s (%s)", self.config.host, self.port,
+                 self.config.model, self.config.pretrained)  # fmt: skip
+        clip = create_clip(self.config.model, self.config.pretrained, self.device, self.precision)
+        scorer = ClipScorer(clip, self.device)
+
+        def encode(pixels: torch.Tensor) -> torch.Tensor:
+            return scorer.encode(pixels, batch_size=self.config.max_batch)
+
+        self.batcher = DynamicBatcher(
+            encode,
+            max_batch=self.config.max_batch,
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue_views=self.config.max_queue_views,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.metrics.queue_depth.set_function(lambda: self.batcher.queued_views)
+        servicer = SimilarityServicer(
+            scorer, self.batcher, self.metrics, self.config.limits, self.device, self.precision
+        )
+        self.gate.target = servicer
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("SERVING %s on port %d (device %s, %s)", clip.name, self.port, self.device,
+                 self.precision)  # fmt: skip
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, refuse new RPCs, let accepted ones finish, stop the batcher."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self.grpc_server.stop(grace).wait()
+        if self.batcher is not None:
+            self.batcher.close(timeout=grace)
+        if getattr(self, "_metrics_http", None) is not None:
+            self._metrics_http.shutdown()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+class _LoadingGate(pb_grpc.SimilarityServicer):
+    """Forwards every RPC to the real servicer once it exists."""
+
+    def __init__(self) -> None:
+        self.target: SimilarityServicer | None = None
+
+    def _ready(self, context: grpc.ServicerContext) -> SimilarityServicer:
+        if self.target is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the CLIP model is still loading")
+        return self.target
+
+    def GetModelInfo(self, request, context):
+        return self._ready(context).GetModelInfo(request, context)
+
+    def GlobalSimilarity(self, request, context):
+        return self._ready(context).GlobalSimilarity(request, context)
+
+    def SnippetSimilarity(self, request, context):
+        return self._ready(context).SnippetSimilarity(request, context)
+
+    def ScoreStream(self, request_iterator, context):
+        return self._ready(context).ScoreStream(request_iterator, context)

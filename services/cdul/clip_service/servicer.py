@@ -1,0 +1,280 @@
+"""The Similarity servicer: decode once, crop server-side, batch, answer Eq. 1-6.
+
+Each request thread decodes its image once (the project's one decoder, with the pixel
+limit), cuts snippets from the full-resolution image, preprocesses every view and
+hands them to the dynamic batcher; the equations come from :mod:`cdul.core.method`
+through :class:`~cdul.core.clip_scoring.ClipScorer`. Every failure a client can cause
+is INVALID_ARGUMENT (or NOT_FOUND / RESOURCE_EXHAUSTED) with a message naming it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
+from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
+from cdul.clip_service.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
+from cdul.clip_service.metrics import ServiceMetrics
+from cdul.core.clip_scoring import DEFAULT_TEMPLATE, ClipScorer, LabelSet
+from cdul.core.errors import ConfigError
+from cdul.core.images import ImageDecodeError, decode_image
+from cdul.core.method.aggregation import aggregate
+from cdul.core.method.snippets import parse_snippet_spec, snippet_count
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 50_000_000
+    max_snippets: int = 4096
+    max_images_per_request: int = 256
+    max_classes: int = 2048
+    result_timeout_s: float = 120.0
+    stream_in_flight: int = 64
+    label_sets_cached: int = 256
+
+
+class RequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _scores(cosine: torch.Tensor, probability: torch.Tensor) -> pb.Scores:
+    return pb.Scores(cosine=cosine.tolist(), probability=probability.tolist())
+
+
+class SimilarityServicer(pb_grpc.SimilarityServicer):
+    def __init__(
+        self,
+        scorer: ClipScorer,
+        batcher: DynamicBatcher,
+        metrics: ServiceMetrics,
+        limits: Limits,
+        device: str,
+        precision: str,
+    ) -> None:
+        self.scorer = scorer
+        self.batcher = batcher
+        self.metrics = metrics
+        self.limits = limits
+        self._device, self._precision = device, precision
+        self._label_sets: collections.OrderedDict[str, LabelSet] = collections.OrderedDict()
+        self._label_lock = threading.Lock()
+        self._stream_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="clip-stream")
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _label_set(self, ref: pb.LabelSetRef) -> tuple[LabelSet, torch.Tensor]:
+        kind = ref.WhichOneof("kind")
+        if kind == "digest":
+            with self._label_lock:
+                labels = self._label_sets.get(ref.digest)
+            if labels is None:
+                raise RequestError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"unknown label set digest {ref.digest!r}: send the label set by value once",
+                )
+        elif kind == "value":
+            if len(ref.value.classes) > self.limits.max_classes:
+                raise _invalid(
+                    f"{len(ref.value.classes)} classes, over the limit of {self.limits.max_classes}"
+                )
+            try:
+                labels = LabelSet(tuple(ref.value.classes), ref.value.template or DEFAULT_TEMPLATE)
+            except ConfigError as error:
+                raise _invalid(str(error)) from None
+            with self._label_lock:
+                self._label_sets[labels.digest()] = labels
+                self._label_sets.move_to_end(labels.digest())
+                while len(self._label_sets) > self.limits.label_sets_cached:
+                    self._label_sets.popitem(last=False)
+        else:
+            raise _invalid("no label set: set labels.value (classes + template) or labels.digest")
+        return labels, self.scorer.text_embeddings(labels)
+
+    def _decode(self, image: pb.Image):
+        name = image.id or "<unnamed image>"
+        try:
+            return decode_image(image.data, name=name, max_pixels=self.limits.max_pixels)
+        except ImageDecodeError as error:
+            raise _invalid(str(error)) from None
+
+    def _encode(self, views) -> torch.Tensor:
+        try:
+            future = self.batcher.submit(self.scorer.preprocess(views))
+        except QueueFullError as error:
+            self.metrics.queue_full.inc()
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+        except BatcherClosedError as error:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+        return future.result(timeout=self.limits.result_timeout_s)
+
+    def _snippet_answer(self, request: pb.SnippetRequest) -> pb.SnippetResponse:
+        labels, text = self._label_set(request.labels)
+        try:
+            spec = parse_snippet_spec(request.snippet_spec or "grid:3x3")
+        except ConfigError as error:
+            raise _invalid(str(error)) from None
+        if request.HasField("zeta") and not 0.0 <= request.zeta <= 1.0:
+            raise _invalid(f"zeta must lie in [0, 1], got {request.zeta}")
+        image = self._decode(request.image)
+        try:
+            count = snippet_count(spec, *image.size)
+        except ConfigError as error:
+            raise _invalid(f"image {request.image.id!r}: {error}") from None
+        if count > self.limits.max_snippets:
+            raise _invalid(
+                f"{spec} cuts {count} snippets from the {image.width}x{image.height} image "
+                f"{request.image.id!r}, over the limit of {self.limits.max_snippets} per request"
+            )
+        embeddings = self._encode(ClipScorer.views(image, spec))
+        self.metrics.images.inc()
+        self.metrics.snippets.inc(count)
+        scored = self.scorer.score_views(embeddings, text)
+        response = pb.SnippetResponse(
+            id=request.image.id,
+            label_set_digest=labels.digest(),
+            alpha=scored.alpha.tolist(),
+            beta=scored.beta.tolist(),
+            snippet_count=count,
+            # "global" is a Python keyword, so this field goes by keyword dict.
+            **{"global": _scores(scored.global_cosine, scored.global_scores)},
+        )
+        if request.HasField("zeta"):
+            response.aggregate.extend(aggregate(scored.alpha, scored.beta, request.zeta).tolist())
+        if request.include_snippets:
+            for box, cos, prob in zip(
+                spec.boxes(*image.size), scored.snippet_cosine, scored.snippet_scores, strict=True
+            ):
+                left, top, right, bottom = box
+                response.snippets.add(
+                    box=pb.Box(left=left, top=top, right=right, bottom=bottom),
+                    scores=_scores(cos, prob),
+                )
+        return response
+
+    def _call(self, method: str, context: grpc.ServicerContext, answer):
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return answer()
+        except RequestError as error:
+            code = error.code
+            context.abort(error.code, str(error))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"{method} failed inside the server; see its log"
+            )
+        finally:
+            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.latency.labels(method).observe(time.perf_counter() - start)
+
+    # -- RPCs -------------------------------------------------------------------------
+
+    def GetModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfo:
+        clip = self.scorer.clip
+        info = pb.ModelInfo(
+            model_name=clip.name,
+            pretrained=clip.pretrained,
+            embed_dim=clip.embed_dim,
+            logit_scale=float(clip.logit_scale),
+            temperature=float(clip.logit_scale.exp()),
+            input_size=clip.image_size,
+            device=self._device,
+            precision=self._precision,
+            max_snippets=self.limits.max_snippets,
+            max_pixels=self.limits.max_pixels,
+        )
+        return self._call("GetModelInfo", context, lambda: info)
+
+    def GlobalSimilarity(
+        self, request: pb.GlobalRequest, context: grpc.ServicerContext
+    ) -> pb.GlobalResponse:
+        def answer() -> pb.GlobalResponse:
+            labels, text = self._label_set(request.labels)
+            if not request.images:
+                raise _invalid("no images in the request")
+            if len(request.images) > self.limits.max_images_per_request:
+                raise _invalid(
+                    f"{len(request.images)} images in one request, over the limit of "
+                    f"{self.limits.max_images_per_request}"
+                )
+            images = [self._decode(image) for image in request.images]
+            embeddings = self._encode(images)
+            self.metrics.images.inc(len(images))
+            cosine, scores = self.scorer.score_global(embeddings, text)
+            return pb.GlobalResponse(
+                label_set_digest=labels.digest(),
+                results=[
+                    pb.GlobalResult(id=image.id, scores=_scores(cos, prob))
+                    for image, cos, prob in zip(request.images, cosine, scores, strict=True)
+                ],
+            )
+
+        return self._call("GlobalSimilarity", context, answer)
+
+    def SnippetSimilarity(
+        self, request: pb.SnippetRequest, context: grpc.ServicerContext
+    ) -> pb.SnippetResponse:
+        return self._call("SnippetSimilarity", context, lambda: self._snippet_answer(request))
+
+    def ScoreStream(
+        self, request_iterator: Iterator[pb.SnippetRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SnippetResponse]:
+        # A reader thread keeps taking requests while answers are computed, so a client
+        # that waits for answers before sending more can never deadlock the stream.
+        pending: queue.Queue = queue.Queue(maxsize=self.limits.stream_in_flight)
+        done = object()
+
+        def item(request: pb.SnippetRequest) -> pb.SnippetResponse:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return self._snippet_answer(request)
+            except RequestError as error:
+                code = error.code
+                return pb.SnippetResponse(
+                    id=request.image.id, error=str(error), error_code=error.code.name
+                )
+            except Exception as error:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("ScoreStream item %r failed", request.image.id)
+                return pb.SnippetResponse(
+                    id=request.image.id, error=f"internal error: {error}", error_code=code.name
+                )
+            finally:
+                self.metrics.requests.labels("ScoreStream", code.name).inc()
+                self.metrics.latency.labels("ScoreStream").observe(time.perf_counter() - start)
+
+        def read() -> None:
+            try:
+                for request in request_iterator:
+                    pending.put(self._stream_pool.submit(item, request))
+            except Exception as error:  # the client went away; stop quietly
+                log.debug("ScoreStream reader ended: %s", error)
+            finally:
+                pending.put(done)
+
+        threading.Thread(target=read, name="clip-stream-reader", daemon=True).start()
+        while (future := pending.get()) is not done:
+            yield future.result()
