@@ -45,16 +45,25 @@ def s3_env(s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 @pytest.fixture(scope="session")
-def world_models():
-    """The world's tiny CLIP and backbone, trained once and cached under $CDUL_CACHE_DIR
+def world_clip():
+    """The world's tiny CLIP checkpoint, trained once and cached under $CDUL_CACHE_DIR
     (the Makefile points it at the checkout's .cache/, so CI trains at most once)."""
-    from cdul.world.backbone import BackboneRecipe, ensure_backbone
     from cdul.world.tiny_clip import TinyClipRecipe, ensure_tiny_clip
 
-    return {
-        "clip": ensure_tiny_clip(TinyClipRecipe(), progress=False),
-        "backbone": ensure_backbone(BackboneRecipe(), progress=False),
-    }
+    return ensure_tiny_clip(TinyClipRecipe(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def world_backbone():
+    """The world's backbone state_dict (torchvision resnet18), cached like the CLIP."""
+    from cdul.world.backbone import BackboneRecipe, ensure_backbone
+
+    return ensure_backbone(BackboneRecipe(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def world_models(world_clip, world_backbone):
+    return {"clip": world_clip, "backbone": world_backbone}
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from cdul.world.report import pseudo_label_maps, zero_shot_top1
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_clip_zero_shot_and_pseudo_label_map(world_models, world_root):
-    scorer = ClipScorer(create_clip(tiny_clip.MODEL_NAME, str(world_models["clip"])))
+def test_tiny_clip_zero_shot_and_pseudo_label_map(world_clip, world_root):
+    scorer = ClipScorer(create_clip(tiny_clip.MODEL_NAME, str(world_clip)))
     assert zero_shot_top1(scorer, seed=0, count=500) >= 0.70
     dataset = open_dataset(f"voc:{world_root}:val")
     assert len(dataset) == 500
@@ -66,16 +66,16 @@ def test_training_is_deterministic_for_a_seed():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_checkpoint_loads_through_open_clip_like_a_pretrained_tag(world_models):
+def test_checkpoint_loads_through_open_clip_like_a_pretrained_tag(world_clip):
     import open_clip
 
     from cdul.core.clip_models import register_project_configs
 
     register_project_configs()
     model, _, _ = open_clip.create_model_and_transforms(
-        tiny_clip.MODEL_NAME, pretrained=str(world_models["clip"])
+        tiny_clip.MODEL_NAME, pretrained=str(world_clip)
     )
-    ours = create_clip(tiny_clip.MODEL_NAME, str(world_models["clip"])).model
+    ours = create_clip(tiny_clip.MODEL_NAME, str(world_clip)).model
     assert all(
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), ours.state_dict().values(), strict=True)

@@ -1,0 +1,213 @@
+"""The CLIP similarity service on loopback: a real gRPC server, the tiny CLIP, and an
+independent reference computed with open_clip directly (not through cdul's scorer)."""
+
+import io
+import random
+import urllib.request
+
+import grpc
+import open_clip
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
+from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
+from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
+from cdul.clip_service.server import ServerConfig, SimilarityServer
+from cdul.clip_service.servicer import Limits
+from cdul.core.clip_models import register_project_configs
+from cdul.world.generator import make_scene
+from cdul.world.shapes import SHAPES
+
+pytestmark = pytest.mark.slow
+CLASSES = list(SHAPES)
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(world_clip):
+    config = ServerConfig(
+        model="cdul-tiny-rn",
+        pretrained=str(world_clip),
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        max_wait_ms=2.0,
+        limits=Limits(max_pixels=4_000_000, max_snippets=200),
+    )
+    running = SimilarityServer(config).start()
+    yield running
+    running.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with SimilarityClient([f"127.0.0.1:{server.port}"], deadline_s=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(world_clip):
+    """open_clip's own model, preprocessing and tokenizer: the independent reference."""
+    register_project_configs()
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "cdul-tiny-rn", pretrained=str(world_clip)
+    )
+    model.eval()
+    tokenizer = open_clip.get_tokenizer("cdul-tiny-rn")
+    with torch.no_grad():
+        text = model.encode_text(tokenizer([f"a photo of a {c}" for c in CLASSES]))
+    text = text / text.norm(dim=-1, keepdim=True)
+
+    def score(images):
+        with torch.no_grad():
+            feats = model.encode_image(torch.stack([preprocess(i) for i in images]))
+        cos = (feats / feats.norm(dim=-1, keepdim=True)) @ text.T
+        return cos, torch.softmax(model.logit_scale.exp() * cos, dim=-1)
+
+    return score
+
+
+def test_health_is_serving_and_model_info(server, client):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "cdul.similarity.v1.Similarity"):
+        status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    info = client.model_info()
+    assert info.model_name == "cdul-tiny-rn" and info.embed_dim == 128 and info.input_size == 64
+    assert info.temperature == pytest.approx(torch.tensor(info.logit_scale).exp().item(), rel=1e-5)
+
+
+def test_global_and_snippet_answers_match_open_clip(client, reference):
+    scenes = [make_scene(1, i, stream="val").image for i in range(4)]
+    labels = label_set_ref(CLASSES)
+    answer = client.global_similarity([(f"s{i}", encode(s)) for i, s in enumerate(scenes)], labels)
+    cos, prob = reference(scenes)
+    for i, result in enumerate(answer.results):
+        assert result.id == f"s{i}"
+        assert torch.allclose(torch.tensor(result.scores.cosine), cos[i], atol=1e-4)
+        assert torch.allclose(torch.tensor(result.scores.probability), prob[i], atol=1e-4)
+    # Snippets: the 3x3 grid of 42x42 tiles (leftover 2 px dropped), cut independently here.
+    scene = scenes[0]
+    tiles = [
+        scene.crop((c * 42, r * 42, c * 42 + 42, r * 42 + 42)) for r in range(3) for c in range(3)
+    ]
+    tile_cos, tile_prob = reference(tiles)
+    snippet = client.snippet_similarity("s0", encode(scene), labels, "grid:3x3", zeta=0.5,
+                                        include_snippets=True)  # fmt: skip
+    assert snippet.snippet_count == 9 and len(snippet.snippets) == 9
+    assert (snippet.snippets[4].box.left, snippet.snippets[4].box.bottom) == (42, 84)
+    for k, s in enumerate(snippet.snippets):
+        assert torch.allclose(torch.tensor(s.scores.cosine), tile_cos[k], atol=1e-4)
+    alpha, beta = tile_prob.max(0).values, tile_prob.min(0).values
+    assert torch.allclose(torch.tensor(snippet.alpha), alpha, atol=1e-4)
+    assert torch.allclose(torch.tensor(snippet.beta), beta, atol=1e-4)
+    expected_agg = torch.where(alpha >= 0.5, alpha, beta)
+    assert torch.allclose(torch.tensor(snippet.aggregate), expected_agg, atol=1e-4)
+    assert torch.allclose(torch.tensor(getattr(snippet, "global").probability), prob[0], atol=1e-4)
+
+
+def test_stream_answers_every_image_with_per_item_errors(client):
+    labels = label_set_ref(CLASSES)
+    images = [(f"img{i}", encode(make_scene(2, i).image, "JPEG")) for i in range(30)]
+    images.insert(7, ("broken", b"\xff\xd8\xff garbage"))
+    answers = {a.id: a for a in client.score_stream(images, labels, "grid:2x2", max_in_flight=8)}
+    assert set(answers) == {i for i, _ in images}
+    assert (
+        answers["broken"].error_code == "INVALID_ARGUMENT" and "broken" in answers["broken"].error
+    )
+    assert all(a.snippet_count == 4 and not a.error for k, a in answers.items() if k != "broken")
+
+
+def _truncated_jpeg() -> bytes:
+    data = encode(make_scene(0, 0).image, "JPEG")
+    return data[: len(data) // 2]
+
+
+def _huge_png() -> bytes:
+    return encode(Image.new("RGB", (2100, 2000)))  # 4.2 MP > the 4 MP limit
+
+
+@pytest.mark.parametrize(
+    ("image", "classes", "template", "spec", "message"),
+    [
+        (b"\x00\x01garbage", CLASSES, "", "grid:3x3", "format PIL cannot identify"),
+        (b"", CLASSES, "", "grid:3x3", "empty"),
+        ("truncated", CLASSES, "", "grid:3x3", "truncated"),
+        ("huge", CLASSES, "", "grid:3x3", "limit"),
+        ("ok", [], "", "grid:3x3", "label set is empty"),
+        ("ok", CLASSES, "a photo of a {shape}", "grid:3x3", "placeholder"),
+        ("ok", CLASSES, "", "grid:0x0", "rows and columns must be >= 1"),
+        ("ok", CLASSES, "", "patch:500", "larger than the 128x128 image"),
+        ("ok", CLASSES, "", "patch:4", "over the limit of 200"),
+    ],
+)
+def test_malformed_requests_are_invalid_argument(client, image, classes, template, spec, message):
+    data = {
+        "truncated": _truncated_jpeg(),
+        "huge": _huge_png(),
+        "ok": encode(make_scene(0, 1).image),
+    }
+    data = data.get(image, image) if isinstance(image, str) else image
+    labels = pb.LabelSetRef(value=pb.LabelSet(classes=classes, template=template))
+    with pytest.raises(SimilarityServiceError) as raised:
+        client.snippet_similarity("bad-one", data, labels, spec)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.lower() in str(raised.value).lower()
+    assert client.model_info().model_name == "cdul-tiny-rn"  # still up
+
+
+def test_unknown_digest_and_digest_reuse(server, client):
+    labels = label_set_ref(CLASSES)
+    first = client.snippet_similarity("a", encode(make_scene(0, 2).image), labels)
+    by_digest = pb.LabelSetRef(digest=first.label_set_digest)
+    again = client.snippet_similarity("a", encode(make_scene(0, 2).image), by_digest)
+    assert list(again.alpha) == list(first.alpha)
+    with pytest.raises(SimilarityServiceError) as raised:
+        client.snippet_similarity("a", b"x", pb.LabelSetRef(digest="0" * 64))
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_parse_and_count_requests(server, client):
+    stub = pb_grpc.SimilarityStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    before = _requests(text)
+    good = pb.SnippetRequest(
+        labels=label_set_ref(CLASSES), image=pb.Image(id="m", data=encode(make_scene(0, 3).image))
+    )
+    sent = random.Random(0).choices([True, False], k=12)
+    for ok in sent:
+        request = good if ok else pb.SnippetRequest(labels=label_set_ref([]), image=good.image)
+        try:
+            stub.SnippetSimilarity(request, timeout=30)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    after = _requests(text)
+    assert after[("SnippetSimilarity", "OK")] - before.get(("SnippetSimilarity", "OK"), 0) == sum(
+        sent
+    )
+    assert after[("SnippetSimilarity", "INVALID_ARGUMENT")] - before.get(
+        ("SnippetSimilarity", "INVALID_ARGUMENT"), 0
+    ) == len(sent) - sum(sent)
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"cdul_clip_batch_views", "cdul_clip_queue_views", "cdul_clip_snippets_encoded"} <= names
+
+
+def _requests(text: str) -> dict[tuple[str, str], float]:
+    counts = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "cdul_clip_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["method"], sample.labels["code"])] = sample.value
+    return counts
