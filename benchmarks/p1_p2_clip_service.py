@@ -54,9 +54,8 @@ def main() -> None:
     scenes = [make_scene(9, i, stream="test").image for i in range(args.images)]
     encoded = [(str(i), png(s)) for i, s in enumerate(scenes)]
     labels = LabelSet(tuple(SHAPES))
-    print(
-        f"torch threads {torch.get_num_threads()}, {args.images} images, {spec}, batch {args.max_batch}"
-    )
+    threads = torch.get_num_threads()
+    print(f"torch threads {threads}, {args.images} images, {spec}, batch {args.max_batch}")
 
     scorer = ClipScorer(create_clip(MODEL_NAME, checkpoint))
     text = scorer.text_embeddings(labels)

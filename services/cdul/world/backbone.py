@@ -20,12 +20,10 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cdul.world import cache
 from cdul.world.generator import make_single
 from cdul.world.shapes import SHAPES
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
