@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The world's trained models are cached here (once per checkout; see services/cdul/world/cache.py).
 export CDUL_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install test lint unit demo clean proto
+.PHONY: install test lint unit demo clean proto world-models
 
 # The venv is rebuilt when the pins change.
 $(STAMP): pyproject.toml
@@ -26,7 +26,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP)
+# The world's models are trained (or reused from .cache/) before pytest starts, so no
+# test's timeout pays for training and the progress bars show in CI's log.
+world-models: $(STAMP)
+	$(VENV)/bin/cdul world models
+
+test: $(STAMP) world-models
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
