@@ -63,8 +63,8 @@ def main() -> None:
     # Same work as the server per image: decode once, cut, preprocess, encode, score.
     for _, data in encoded:
         image = decode_image(data)
-        views = ClipScorer.views(image, spec)
-        scorer.score_views(scorer.encode(scorer.preprocess(views), args.max_batch), text)
+        pixels = scorer.view_pixels(image, spec)
+        scorer.score_views(scorer.encode(pixels, args.max_batch), text)
     bare = args.images / (time.perf_counter() - start)
 
     config = ServerConfig(

@@ -22,6 +22,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=9100, help="Prometheus; -1 disables")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    parser.add_argument(
+        "--preprocess",
+        default="auto",
+        choices=["auto", "pil", "tensor"],
+        help="pil: open_clip's exact transform per view; tensor: batched crop+resize on the "
+        "device (auto: tensor on CUDA, pil on CPU)",
+    )
     parser.add_argument("--max-batch", type=int, default=64, help="views per encoder forward")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="batch fill wait")
     parser.add_argument("--max-queue-views", type=int, default=8192, help="then RESOURCE_EXHAUSTED")
@@ -44,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         device=args.device,
         precision=args.precision,
+        preprocess=args.preprocess,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue_views=args.max_queue_views,

@@ -27,6 +27,7 @@ from cdul.clip_service.metrics import ServiceMetrics
 from cdul.clip_service.servicer import Limits, SimilarityServicer
 from cdul.core.clip_models import create_clip
 from cdul.core.clip_scoring import ClipScorer
+from cdul.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Similarity"].full_name
@@ -41,6 +42,7 @@ class ServerConfig:
     metrics_port: int | None = 9100
     device: str = "auto"  # auto: CUDA when present
     precision: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    preprocess: str = "auto"  # auto: "tensor" (batched on the device) on CUDA, "pil" on CPU
     max_batch: int = 64
     max_wait_ms: float = 5.0
     max_queue_views: int = 8192
@@ -52,14 +54,18 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-def resolve_device(device: str, precision: str) -> tuple[str, str]:
+def resolve_device(device: str, precision: str, preprocess: str) -> tuple[str, str, str]:
+    """Fill in the ``auto`` settings: CUDA when present, fp16 and tensor preprocessing there."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
     if precision == "auto":
-        precision = "fp16" if device.startswith("cuda") else "fp32"
-    if precision != "fp32" and not device.startswith("cuda"):
-        raise ValueError(f"precision {precision} needs a CUDA device; this one is {device}")
-    return device, precision
+        precision = "fp16" if cuda else "fp32"
+    if precision != "fp32" and not cuda:
+        raise ConfigError(f"precision {precision} needs a CUDA device; this one is {device}")
+    if preprocess == "auto":
+        preprocess = "tensor" if cuda else "pil"
+    return device, precision, preprocess
 
 
 class SimilarityServer:
@@ -67,7 +73,9 @@ class SimilarityServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.device, self.precision = resolve_device(config.device, config.precision)
+        self.device, self.precision, self.preprocess = resolve_device(
+            config.device, config.precision, config.preprocess
+        )
         self.metrics = ServiceMetrics()
         limit = config.max_message_mb * 1024 * 1024
         self.grpc_server = grpc.server(
@@ -114,7 +122,7 @@ class SimilarityServer:
         log.info("listening on %s:%d; loading %s (%s)", self.config.host, self.port,
                  self.config.model, self.config.pretrained)  # fmt: skip
         clip = create_clip(self.config.model, self.config.pretrained, self.device, self.precision)
-        scorer = ClipScorer(clip, self.device)
+        scorer = ClipScorer(clip, self.device, self.preprocess)
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:
             return scorer.encode(pixels, batch_size=self.config.max_batch)
@@ -127,9 +135,8 @@ class SimilarityServer:
             on_batch=self.metrics.batch_size.observe,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.queued_views)
-        servicer = SimilarityServicer(
-            scorer, self.batcher, self.metrics, self.config.limits, self.device, self.precision
-        )
+        servicer = SimilarityServicer(scorer, self.batcher, self.metrics, self.config.limits,
+                                      self.device, self.precision)  # fmt: skip
         self.gate.target = servicer
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -115,9 +115,9 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         except ImageDecodeError as error:
             raise _invalid(str(error)) from None
 
-    def _encode(self, views) -> torch.Tensor:
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         try:
-            future = self.batcher.submit(self.scorer.preprocess(views))
+            future = self.batcher.submit(pixels)
         except QueueFullError as error:
             self.metrics.queue_full.inc()
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
@@ -143,7 +143,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                 f"{spec} cuts {count} snippets from the {image.width}x{image.height} image "
                 f"{request.image.id!r}, over the limit of {self.limits.max_snippets} per request"
             )
-        embeddings = self._encode(ClipScorer.views(image, spec))
+        embeddings = self._encode(self.scorer.view_pixels(image, spec))
         self.metrics.images.inc()
         self.metrics.snippets.inc(count)
         scored = self.scorer.score_views(embeddings, text)
@@ -204,6 +204,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             precision=self._precision,
             max_snippets=self.limits.max_snippets,
             max_pixels=self.limits.max_pixels,
+            preprocess=self.scorer.preprocessor,
         )
         return self._call("GetModelInfo", context, lambda: info)
 
@@ -220,7 +221,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                     f"{self.limits.max_images_per_request}"
                 )
             images = [self._decode(image) for image in request.images]
-            embeddings = self._encode(images)
+            embeddings = self._encode(torch.cat([self.scorer.view_pixels(i, None) for i in images]))
             self.metrics.images.inc(len(images))
             cosine, scores = self.scorer.score_global(embeddings, text)
             return pb.GlobalResponse(

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 
 from cdul.core.clip_models import Clip
+from cdul.core.clip_preprocess import PREPROCESSORS, TensorPreprocess, pil_views
 from cdul.core.errors import ConfigError
 from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, pseudo_label
 from cdul.core.method.similarity import class_scores, cosine_similarity
-from cdul.core.method.snippets import SnippetSpec, crop_snippets
+from cdul.core.method.snippets import SnippetSpec
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 
@@ -88,9 +89,19 @@ class ImageScores:
 class ClipScorer:
     """A CLIP model plus a cache of label-set text embeddings."""
 
-    def __init__(self, clip: Clip, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, clip: Clip, device: str | torch.device = "cpu", preprocessor: str = "pil"
+    ) -> None:
+        if preprocessor not in PREPROCESSORS:
+            raise ConfigError(f"preprocessor must be one of {PREPROCESSORS}, got {preprocessor!r}")
         self.clip = clip
         self.device = torch.device(device)
+        self.preprocessor = preprocessor
+        self._tensor_preprocess = (
+            TensorPreprocess(clip.model.visual.preprocess_cfg, self.device, self._dtype())
+            if preprocessor == "tensor"
+            else None
+        )
         self._text_cache: dict[str, torch.Tensor] = {}
         self._text_lock = threading.Lock()
 
@@ -108,23 +119,29 @@ class ClipScorer:
                 self._text_cache[key] = self.clip.model.encode_text(tokens).float().cpu()
             return self._text_cache[key]
 
+    def _dtype(self) -> torch.dtype:
+        return next(self.clip.model.parameters()).dtype
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """open_clip's transform on each image (whole images; see :meth:`view_pixels`)."""
         return torch.stack([self.clip.preprocess(image) for image in images])
+
+    def view_pixels(self, image: Image.Image, spec: SnippetSpec | None) -> torch.Tensor:
+        """CLIP input for the whole image and, with a spec, each of its snippets."""
+        boxes = spec.boxes(*image.size) if spec is not None else []
+        if self._tensor_preprocess is not None:
+            return self._tensor_preprocess(image, boxes)
+        return pil_views(self.clip.preprocess, image, boxes)
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Image embeddings ``(N, D)`` of preprocessed ``(N, 3, H, W)`` pixels."""
-        dtype = next(self.clip.model.parameters()).dtype
+        dtype = self._dtype()
         out = [
             self.clip.model.encode_image(chunk.to(self.device, dtype)).float().cpu()
             for chunk in pixels.split(batch_size)
         ]
         return torch.cat(out) if out else torch.empty(0, self.clip.embed_dim)
-
-    @staticmethod
-    def views(image: Image.Image, spec: SnippetSpec) -> list[Image.Image]:
-        """The whole image followed by its snippets, cut from the full resolution."""
-        return [image, *crop_snippets(image, spec)]
 
     def score_global(
         self, embeddings: torch.Tensor, text: torch.Tensor
@@ -149,10 +166,10 @@ class ClipScorer:
     ) -> ImageScores:
         """Eq. 1-7 for ``images``: global and snippet passes, aggregation, final label."""
         text = self.text_embeddings(labels)
-        views = [self.views(image, spec) for image in images]
-        embeddings = self.encode(self.preprocess([v for vs in views for v in vs]), batch_size)
+        pixels = [self.view_pixels(image, spec) for image in images]
+        embeddings = self.encode(torch.cat(pixels), batch_size)
         per_image = [
-            self.score_views(chunk, text) for chunk in embeddings.split([len(v) for v in views])
+            self.score_views(chunk, text) for chunk in embeddings.split([len(p) for p in pixels])
         ]
         glob = torch.stack([r.global_scores for r in per_image])
         alpha = torch.stack([r.alpha for r in per_image])

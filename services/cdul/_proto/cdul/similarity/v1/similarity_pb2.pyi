@@ -63,7 +63,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "pretrained", "embed_dim", "logit_scale", "temperature", "input_size", "device", "precision", "max_snippets", "max_pixels")
+    __slots__ = ("model_name", "pretrained", "embed_dim", "logit_scale", "temperature", "input_size", "device", "precision", "max_snippets", "max_pixels", "preprocess")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class ModelInfo(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     MAX_SNIPPETS_FIELD_NUMBER: _ClassVar[int]
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     pretrained: str
     embed_dim: int
@@ -84,7 +85,8 @@ class ModelInfo(_message.Message):
     precision: str
     max_snippets: int
     max_pixels: int
-    def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., embed_dim: _Optional[int] = ..., logit_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., max_snippets: _Optional[int] = ..., max_pixels: _Optional[int] = ...) -> None: ...
+    preprocess: str
+    def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., embed_dim: _Optional[int] = ..., logit_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., max_snippets: _Optional[int] = ..., max_pixels: _Optional[int] = ..., preprocess: _Optional[str] = ...) -> None: ...
 
 class GlobalRequest(_message.Message):
     __slots__ = ("labels", "images")

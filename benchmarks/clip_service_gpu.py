@@ -1,0 +1,137 @@
+"""GPU throughput of the similarity service: RN50 on VOC-sized images, grid 3x3 and patch 16.
+
+For when a GPU machine is at hand. The study spent 41 hours on 16-px patches of VOC2012's
+5,717 training images on a V100. This script measures, per precision (fp32, bf16) and
+snippet spec, images/s through the labeler's path (ScoreStream over gRPC on loopback,
+dynamic batcher, server-side decode + crop) and the bare encoder's images/s on the same
+views, then projects the wall time for 5,717 images. RN50 with random weights (speed
+does not depend on the weights). Images: world scenes resized to 500x375 JPEGs.
+
+    python benchmarks/clip_service_gpu.py --csv benchmarks/results/clip_service_h200.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import time
+from pathlib import Path
+
+import torch
+
+from cdul.clip_service.client import SimilarityClient, label_set_ref
+from cdul.clip_service.server import ServerConfig, SimilarityServer
+from cdul.core.clip_scoring import ClipScorer
+from cdul.core.images import decode_image
+from cdul.core.method.snippets import parse_snippet_spec, snippet_count
+from cdul.world.generator import make_scene
+
+VOC_TRAIN_IMAGES = 5717
+VOC_CLASSES = 20
+
+
+def voc_sized_images(count: int) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        make_scene(11, i, stream="test").image.resize((500, 375)).save(buffer, "JPEG", quality=90)
+        out.append((f"img{i:05d}", buffer.getvalue()))
+    return out
+
+
+def measure(args, precision: str, spec_text: str, images, checkpoint: str | None) -> dict:
+    spec = parse_snippet_spec(spec_text)
+    config = ServerConfig(
+        model=args.model,
+        pretrained=checkpoint,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        device=args.device,
+        precision=precision,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue_views=1 << 20,
+        workers=args.workers,
+    )
+    server = SimilarityServer(config).start()
+    try:
+        labels = label_set_ref([f"class {k}" for k in range(VOC_CLASSES)])
+        with SimilarityClient([f"127.0.0.1:{server.port}"], deadline_s=600) as client:
+            list(client.score_stream(images[:4], labels, spec_text, max_in_flight=4))  # warm-up
+            if server.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            answers = list(
+                client.score_stream(images, labels, spec_text, max_in_flight=args.in_flight)
+            )
+            service_s = time.perf_counter() - start
+        assert len(answers) == len(images) and not any(a.error for a in answers)
+        # Bare encoder on the same views (preprocessed beforehand; encode only).
+        scorer: ClipScorer = server.gate.target.scorer
+        pixels = scorer.view_pixels(decode_image(images[0][1]), spec)
+        reps = max(1, 256 // len(pixels))
+        batch = pixels.repeat(reps, 1, 1, 1)
+        scorer.encode(batch[: args.max_batch], args.max_batch)
+        if server.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        scorer.encode(batch, args.max_batch)
+        if server.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        encoder_views_per_s = batch.shape[0] / (time.perf_counter() - start)
+    finally:
+        server.stop(grace_s=1.0)
+    per_image = 1 + snippet_count(spec, 500, 375)
+    service_ips = len(images) / service_s
+    encoder_ips = encoder_views_per_s / per_image
+    return {
+        "device": torch.cuda.get_device_name() if server.device.startswith("cuda") else "cpu",
+        "model": args.model,
+        "precision": precision,
+        "spec": spec_text,
+        "views_per_image": per_image,
+        "images": len(images),
+        "service_images_per_s": round(service_ips, 2),
+        "encoder_images_per_s": round(encoder_ips, 2),
+        "service_over_encoder": round(service_ips / encoder_ips, 3),
+        "projected_voc_train_minutes": round(VOC_TRAIN_IMAGES / service_ips / 60, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="RN50")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--grid-images", type=int, default=400)
+    parser.add_argument("--patch-images", type=int, default=24)
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--in-flight", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--csv", type=Path, default=None)
+    args = parser.parse_args()
+
+    images = voc_sized_images(max(args.grid_images, args.patch_images))
+    rows = []
+    for precision in args.precisions:
+        for spec, count in (("grid:3x3", args.grid_images), ("patch:16", args.patch_images)):
+            row = measure(args, precision, spec, images[:count], None)
+            rows.append(row)
+            print(row, flush=True)
+    header = list(rows[0])
+    print("\n" + " | ".join(header))
+    for row in rows:
+        print(" | ".join(str(row[k]) for k in header))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with args.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
