@@ -44,3 +44,16 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache services/*.egg-info
+
+# -- serving ---------------------------------------------------------------------------
+.PHONY: archive bench-p5
+ARCH ?= resnet101
+IMAGE_SIZE ?= 224
+MODEL_STORE ?= $(CURDIR)/artifacts/model-store
+# The TorchServe archive of a trained classifier: make archive WEIGHTS=classifier.pt CLASSES=classes.txt
+archive: $(STAMP)
+	@test -n "$(WEIGHTS)" -a -n "$(CLASSES)" || { echo "usage: make archive WEIGHTS=state_dict.pt CLASSES=classes.txt|a,b,c" >&2; exit 2; }
+	$(VENV)/bin/cdul archive --weights $(WEIGHTS) --classes $(CLASSES) --arch $(ARCH) --image-size $(IMAGE_SIZE) --output-dir $(MODEL_STORE) --force
+# Benchmark P5: TorchServe (16 clients, batching) vs in-process forward
+bench-p5: $(STAMP)
+	$(PY) benchmarks/p5_torchserve.py

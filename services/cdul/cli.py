@@ -35,6 +35,9 @@ COMMANDS: dict[str, Command] = {
     "world": Command(
         "cdul.world.command", "the embedded world: generate scenes, train its models, report"
     ),
+    "archive": Command(
+        "cdul.serving.command", "build the TorchServe model archive (.mar) of a trained classifier"
+    ),
     "snippets": Command(
         "cdul.commands.snippets", "show the snippets a spec cuts from an image of a given size"
     ),

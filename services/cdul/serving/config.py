@@ -1,0 +1,209 @@
+"""What a model archive carries besides the weights: the classifier's JSON config.
+
+The archive (``.mar``) holds three things: the state_dict, this config (written as
+:data:`CONFIG_FILE_NAME`) and the handler. The config is everything the handler needs
+to rebuild the network and preprocess exactly as the trainer evaluated: architecture,
+class names (their order is the order of the logits), image size and normalisation,
+the default decision threshold and the pixel limit against decompression bombs.
+
+:func:`load_classifier` is the one way to turn a state_dict + config into a ready
+module; the handler, the archive builder (as a check), the tests and the P5 benchmark
+all call it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cdul.core.classifier import SUPPORTED_ARCHS, build_classifier
+from cdul.core.errors import ConfigError
+from cdul.core.images import DEFAULT_MAX_PIXELS
+from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "CONFIG_FORMAT",
+    "ClassifierConfig",
+    "load_classifier",
+    "load_state_dict",
+    "parse_class_names",
+]
+
+#: File name of the config inside the archive (and in the model directory TorchServe
+#: extracts it to).
+CONFIG_FILE_NAME = "cdul_classifier.json"
+#: Bumped when a field changes meaning; the handler refuses formats it does not know.
+CONFIG_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """How to rebuild and feed the classifier (see the module docstring)."""
+
+    arch: str
+    classes: tuple[str, ...]
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    threshold: float = 0.5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    format: int = field(default=CONFIG_FORMAT)
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples so a config read back from JSON compares equal.
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first field that is not usable."""
+        if self.format != CONFIG_FORMAT:
+            raise ConfigError(
+                f"classifier config format {self.format} is not supported "
+                f"(this code reads format {CONFIG_FORMAT})"
+            )
+        if self.arch not in SUPPORTED_ARCHS:
+            raise ConfigError(
+                f"unsupported arch {self.arch!r}: expected one of {', '.join(SUPPORTED_ARCHS)}"
+            )
+        if not self.classes:
+            raise ConfigError("the class list is empty")
+        if any(not isinstance(c, str) or not c.strip() for c in self.classes):
+            raise ConfigError("every class name must be a non-empty string")
+        duplicates = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if duplicates:
+            raise ConfigError(f"duplicate class names: {', '.join(duplicates)}")
+        if not isinstance(self.image_size, int) or self.image_size < 8:
+            raise ConfigError(f"image_size must be an integer >= 8, got {self.image_size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ConfigError("mean and std need three values each (R, G, B)")
+        if any(not math.isfinite(s) or s <= 0 for s in self.std):
+            raise ConfigError(f"std values must be positive, got {list(self.std)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be positive, got {self.max_pixels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown classifier config fields: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as error:  # a missing required field
+            raise ConfigError(f"incomplete classifier config: {error}") from None
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> ClassifierConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"classifier config {os.fspath(path)!r} does not exist") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(
+                f"classifier config {os.fspath(path)!r} is not JSON: {error}"
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"classifier config {os.fspath(path)!r} is not a JSON object")
+        return cls.from_dict(data)
+
+
+def parse_class_names(spec: str) -> tuple[str, ...]:
+    """Class names from a file (one per line; blank lines and ``#`` comments skipped)
+    or, when ``spec`` is not an existing file, a comma-separated list."""
+    path = Path(spec)
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        source = f"class file {spec!r}"
+    else:
+        if "," not in spec and ("/" in spec or spec.endswith(".txt")):
+            # Looks like a path that is not there, not a one-class list.
+            raise ConfigError(f"class file {spec!r} does not exist")
+        names = [name.strip() for name in spec.split(",") if name.strip()]
+        source = f"class list {spec!r}"
+    if not names:
+        raise ConfigError(f"{source} names no classes")
+    return tuple(names)
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state_dict saved with ``torch.save(model.state_dict())``.
+
+    ``weights_only=True``: the archive may come from an object store, and a pickle
+    loaded without it can run arbitrary code (pytorch/serve issue 3360 is the same
+    problem in TorchServe's own base handler).
+    """
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"weights file {os.fspath(path)!r} does not exist") from None
+    except Exception as error:  # unpickling refusals, truncated zip files, ...
+        raise ConfigError(
+            f"weights file {os.fspath(path)!r} is not a loadable state_dict: {error}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ConfigError(
+            f"weights file {os.fspath(path)!r} holds a {type(state).__name__}, not a "
+            "state_dict (save it with torch.save(model.state_dict(), path))"
+        )
+    return dict(state)
+
+
+def load_classifier(
+    state: Mapping[str, torch.Tensor] | str | os.PathLike[str],
+    config: ClassifierConfig,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Build ``config.arch`` with one output per class, load ``state`` strictly, eval mode.
+
+    A state_dict for another architecture or another number of classes is refused with
+    a message naming the mismatch, not PyTorch's list of every missing key.
+    """
+    if not isinstance(state, Mapping):
+        state = load_state_dict(state)
+    model = build_classifier(config.arch, len(config.classes))
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ConfigError(
+            f"the weights do not fit a {config.arch}: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors (e.g. {(missing or unexpected)[0]!r})"
+        )
+    head = state.get("fc.weight")
+    if head is not None and head.shape[0] != len(config.classes):
+        raise ConfigError(
+            f"the weights have {head.shape[0]} outputs but {len(config.classes)} classes were given"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # shape mismatches inside the backbone
+        first = str(error).strip().splitlines()[-1].strip()
+        raise ConfigError(f"the weights do not fit a {config.arch}: {first}") from None
+    return model.to(device).eval()
