@@ -40,7 +40,9 @@ def voc_sized_images(count: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def measure(args, precision: str, spec_text: str, images, checkpoint: str | None) -> dict:
+def measure(
+    args, precision: str, preprocess: str, spec_text: str, images, checkpoint: str | None
+) -> dict:
     spec = parse_snippet_spec(spec_text)
     config = ServerConfig(
         model=args.model,
@@ -50,6 +52,7 @@ def measure(args, precision: str, spec_text: str, images, checkpoint: str | None
         metrics_port=None,
         device=args.device,
         precision=precision,
+        preprocess=preprocess,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue_views=1 << 20,
@@ -90,6 +93,7 @@ def measure(args, precision: str, spec_text: str, images, checkpoint: str | None
         "device": torch.cuda.get_device_name() if server.device.startswith("cuda") else "cpu",
         "model": args.model,
         "precision": precision,
+        "preprocess": preprocess,
         "spec": spec_text,
         "views_per_image": per_image,
         "images": len(images),
@@ -105,6 +109,7 @@ def main() -> None:
     parser.add_argument("--model", default="RN50")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--preprocessors", nargs="+", default=["tensor", "pil"])
     parser.add_argument("--grid-images", type=int, default=400)
     parser.add_argument("--patch-images", type=int, default=24)
     parser.add_argument("--max-batch", type=int, default=256)
@@ -117,10 +122,11 @@ def main() -> None:
     images = voc_sized_images(max(args.grid_images, args.patch_images))
     rows = []
     for precision in args.precisions:
-        for spec, count in (("grid:3x3", args.grid_images), ("patch:16", args.patch_images)):
-            row = measure(args, precision, spec, images[:count], None)
-            rows.append(row)
-            print(row, flush=True)
+        for preprocess in args.preprocessors:
+            for spec, count in (("grid:3x3", args.grid_images), ("patch:16", args.patch_images)):
+                row = measure(args, precision, preprocess, spec, images[:count], None)
+                rows.append(row)
+                print(row, flush=True)
     header = list(rows[0])
     print("\n" + " | ".join(header))
     for row in rows:
