@@ -45,6 +45,64 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache services/*.egg-info
 
+# ---- labeler (issue 4) ---------------------------------------------------------------------
+# Both targets need a CLIP similarity service. By default they start `cdul clip-serve` on
+# loopback (port CLIP_PORT) for the duration and stop it at the end; CLIP_ENDPOINT=host:port
+# uses a running one instead (e.g. a GPU node, or the compose service). Output goes to a run
+# URI: file://... by default, s3://BUCKET/RUN with S3_ENDPOINT/S3_ACCESS_KEY/S3_SECRET_KEY set.
+CDUL := $(VENV)/bin/cdul
+WORLD_DIR ?= $(CURDIR)/.cache/world-val500
+CLIP_PORT ?= 51051
+CLIP_ENDPOINT ?=
+LABEL_RUN ?= file://$(CURDIR)/artifacts/label-world
+SNIPPETS ?= grid:3x3
+TABLE2_RUN ?= file://$(CURDIR)/artifacts/table2
+TABLE2_SPECS ?= patch:64 patch:32 patch:16 patch:3 grid:3x3
+VOC_ROOT ?=
+CLIP_MODEL ?= RN50
+CLIP_PRETRAINED ?= openai
+# Shell prologue: pick the model (the world's tiny CLIP unless VOC_ROOT is set), then start a
+# service unless CLIP_ENDPOINT is given. patch:3 on a VOC image is ~20,000 snippets per request,
+# hence the raised per-request and queue limits.
+define CLIP_UP
+set -euo pipefail; \
+if [ -z "$(VOC_ROOT)" ]; then \
+  test -d $(WORLD_DIR)/JPEGImages || $(CDUL) world generate $(WORLD_DIR) --train 0 --val 500; \
+  model=cdul-tiny-rn; pretrained=$$($(CDUL) world models --json | \
+    $(PY) -c 'import json,sys; print(json.load(sys.stdin)["clip_pretrained"])'); \
+else model="$(CLIP_MODEL)"; pretrained="$(CLIP_PRETRAINED)"; fi; \
+endpoint="$(CLIP_ENDPOINT)"; \
+if [ -z "$$endpoint" ]; then \
+  endpoint=127.0.0.1:$(CLIP_PORT); \
+  $(CDUL) clip-serve --model "$$model" --pretrained "$$pretrained" --host 127.0.0.1 \
+    --port $(CLIP_PORT) --metrics-port -1 --max-snippets 25000 --max-queue-views 65536 & \
+  server=$$!; trap 'kill $$server 2>/dev/null || true; wait $$server 2>/dev/null || true' EXIT; \
+fi;
+endef
+
+.PHONY: label-world table2
+
+# The labeler on the embedded world (offline): 500 val scenes (generated once under WORLD_DIR),
+# SNIPPETS (grid:3x3) into LABEL_RUN, the mAP table, then a zeta sweep from the stored alpha/beta.
+label-world: $(STAMP)
+	@$(CLIP_UP) \
+	$(CDUL) label voc:$(WORLD_DIR):val -o $(LABEL_RUN) --endpoint "$$endpoint" --snippets $(SNIPPETS); \
+	$(CDUL) label-sweep $(LABEL_RUN)
+
+# The study's Table 2: pseudo-label mAP of global (the "global" column, the same in every run),
+# patch 64/32/16/3 px and the paper's 3x3 grid, one run per spec under TABLE2_RUN, then one table.
+# Default: the embedded world with the tiny CLIP. On VOC2012 val:
+#   make table2 VOC_ROOT=/data/VOCdevkit/VOC2012 CLIP_PRETRAINED=/models/RN50-openai.pt
+# (CLIP_MODEL defaults to RN50; CLIP_PRETRAINED=openai needs open_clip's weights cache). patch:3
+# costs ~20,000 CLIP passes per VOC image: point CLIP_ENDPOINT at GPU replicas for that one.
+table2: $(STAMP)
+	@$(CLIP_UP) \
+	dataset=$${VOC_ROOT:+voc:$(VOC_ROOT):val}; dataset=$${dataset:-voc:$(WORLD_DIR):val}; runs=; \
+	for spec in $(TABLE2_SPECS); do \
+	  run=$(TABLE2_RUN)/$$(echo $$spec | tr ':/' '--'); runs="$$runs $$run"; \
+	  $(CDUL) label "$$dataset" -o $$run --endpoint "$$endpoint" --snippets $$spec --max-in-flight 8; \
+	done; \
+	$(CDUL) label-report $$runs
 # -- serving ---------------------------------------------------------------------------
 .PHONY: archive bench-p5
 ARCH ?= resnet101

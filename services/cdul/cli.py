@@ -41,6 +41,18 @@ COMMANDS: dict[str, Command] = {
     "snippets": Command(
         "cdul.commands.snippets", "show the snippets a spec cuts from an image of a given size"
     ),
+    "label": Command(
+        "cdul.labeler.command", "pseudo-label a dataset via the CLIP service into a run (shardable)"
+    ),
+    "label-merge": Command(
+        "cdul.labeler.merge", "check and merge a sharded run's pseudo labels; evaluate them"
+    ),
+    "label-sweep": Command(
+        "cdul.labeler.sweep", "zeta sweep from a run's stored alpha/beta (no CLIP call)"
+    ),
+    "label-report": Command(
+        "cdul.labeler.compare", "mAP of global/aggregate/final for several runs, side by side"
+    ),
 }
 
 

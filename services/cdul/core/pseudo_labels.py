@@ -5,6 +5,7 @@ Layout under a run (``s3://BUCKET/RUN/`` or ``file://DIR/``)::
     pseudo_labels/shards/shard-00000-of-00002.parquet   one row per image
     pseudo_labels/shards/shard-00000-of-00002.json      that shard's manifest
     pseudo_labels/manifest.json                         the merged manifest
+    pseudo_labels/evaluation.json, evaluation.csv       mAP / per-class AP (with ground truth)
 
 A shard is a Parquet table (pandas and pyarrow read it directly) with the columns
 ``image_id`` (string) and ``global``, ``alpha``, ``beta``, ``aggregate``, ``final``
@@ -13,11 +14,16 @@ value per class). Because alpha and beta are stored, a zeta sweep needs no CLIP 
 (:func:`reaggregate`). A shard's manifest is written only after its table, and the
 merged manifest only after every shard manifest is checked, so a manifest is the mark
 that what it names is complete (each object write is itself atomic).
+
+:func:`merge_shards` is the one way to make the merged manifest: it refuses a missing,
+unfinished or inconsistent shard (:class:`ShardMergeError`) before writing anything.
 """
 
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,13 +38,20 @@ from cdul.core.storage import ObjectStore
 
 PREFIX = "pseudo_labels"
 MANIFEST = f"{PREFIX}/manifest.json"
+EVALUATION_JSON = f"{PREFIX}/evaluation.json"
+EVALUATION_CSV = f"{PREFIX}/evaluation.csv"
 VECTORS = ("global", "alpha", "beta", "aggregate", "final")
 FORMAT_VERSION = 1
 # Settings that every shard of one run must share; merge refuses a shard that differs.
 SHARED_SETTINGS = (
     "dataset", "classes", "template", "clip_model", "clip_pretrained", "snippet_spec", "zeta",
-    "num_shards", "format_version",
+    "num_shards", "limit", "format_version",
 )  # fmt: skip
+_SHARD_KEY = re.compile(rf"^{PREFIX}/shards/shard-(\d{{5}})-of-(\d{{5}})\.(json|parquet)$")
+
+
+class ShardMergeError(StorageError):
+    """Shards cannot be merged: one is missing, unfinished or made with other settings."""
 
 
 def shard_name(index: int, count: int) -> str:
@@ -70,6 +83,8 @@ class LabelManifest:
     shards: list[str] = field(default_factory=list)
     shard_index: int | None = None
     evaluation: dict[str, Any] | None = None
+    limit: int | None = None
+    """Only the first ``limit`` images of the dataset were labeled (None: all)."""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -194,3 +209,120 @@ def reaggregate(labels: PseudoLabels, zeta: float) -> dict[str, torch.Tensor]:
     """Eq. 6-7 again for another zeta, from the stored alpha and beta (no CLIP call)."""
     agg = aggregate(labels["alpha"], labels["beta"], zeta)
     return {"aggregate": agg, "final": pseudo_label(labels["global"], agg)}
+
+
+def shard_counts(store: ObjectStore) -> dict[int, set[int]]:
+    """Shard objects present: ``num_shards -> {shard index, ...}`` (any suffix)."""
+    found: dict[int, set[int]] = {}
+    for key in store.list(f"{PREFIX}/shards/"):
+        if m := _SHARD_KEY.match(key):
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    return found
+
+
+def merge_shards(
+    store: ObjectStore,
+    num_shards: int | None = None,
+    evaluate: Callable[[PseudoLabels], dict[str, Any] | None] | None = None,
+) -> PseudoLabels:
+    """Check every shard of a run and write the merged manifest; return the merged labels.
+
+    ``num_shards`` defaults to the count in the shard names (which must agree). Every
+    shard ``0..num_shards-1`` must be finished (its manifest written), agree with shard
+    0 in every :data:`SHARED_SETTINGS` entry, hold as many rows as its manifest says, and
+    no image id may appear twice; otherwise :class:`ShardMergeError` says what is wrong
+    and nothing is written. ``evaluate(labels)``, when given, returns what goes into the
+    manifest's ``evaluation`` (it may write files beside the labels first). The merged
+    manifest's ``created`` is the latest shard's, so merging twice gives the same bytes.
+    """
+    where = store.uri_for(PREFIX)
+    if num_shards is None:
+        counts = sorted(shard_counts(store))
+        if not counts:
+            raise ShardMergeError(f"no pseudo-label shards under {where}: run 'cdul label' first")
+        if len(counts) > 1:
+            splits = ", ".join(f"of-{n:05d}" for n in counts)
+            raise ShardMergeError(
+                f"{where} holds shards of different splits ({splits}); give --num-shards or "
+                "use a fresh run URI"
+            )
+        num_shards = counts[0]
+    manifests: list[LabelManifest] = []
+    missing = []
+    for index in range(num_shards):
+        done = shard_done(store, index, num_shards)
+        if done is None:
+            missing.append(shard_name(index, num_shards))
+        else:
+            manifests.append(done)
+    if missing:
+        raise ShardMergeError(
+            f"cannot merge {where}: {len(missing)} of {num_shards} shard(s) missing or unfinished "
+            f"({', '.join(missing)}); run 'cdul label --shard-index I --num-shards "
+            f"{num_shards}' for each"
+        )
+    first = manifests[0]
+    for index, manifest in enumerate(manifests):
+        name = shard_name(index, num_shards)
+        if manifest.shard_index != index or manifest.num_shards != num_shards:
+            raise ShardMergeError(
+                f"cannot merge {where}: the manifest of {name} says shard "
+                f"{manifest.shard_index} of {manifest.num_shards}"
+            )
+        differences = first.differences(manifest)
+        if differences:
+            raise ShardMergeError(
+                f"cannot merge {where}: {name} was made with other settings than "
+                f"{shard_name(0, num_shards)}: {'; '.join(differences)}"
+            )
+    tables = []
+    seen: set[str] = set()
+    for index, manifest in enumerate(manifests):
+        key = shard_key(index, num_shards, "parquet")
+        table = read_table(store, key)
+        _check_shard_table(store.uri_for(key), table, manifest)
+        ids = table.column("image_id").to_pylist()
+        repeated = seen.intersection(ids)
+        if repeated:
+            raise ShardMergeError(
+                f"cannot merge {where}: image id(s) {sorted(repeated)[:5]} appear in more than "
+                f"one shard (the last: {shard_name(index, num_shards)})"
+            )
+        seen.update(ids)
+        tables.append(table.replace_schema_metadata(None))
+    skipped: dict[tuple[str, str], dict[str, str]] = {}
+    for manifest in manifests:
+        for item in manifest.skipped:
+            skipped.setdefault((item.get("image_id", ""), item.get("path", "")), item)
+    merged = LabelManifest.from_json(
+        {
+            **first.to_json(),
+            "images": sum(m.images for m in manifests),
+            "skipped": list(skipped.values()),
+            "shards": [shard_name(i, num_shards) for i in range(num_shards)],
+            "shard_index": None,
+            "created": max(m.created for m in manifests),
+            "evaluation": None,
+        }
+    )
+    labels = from_table(pa.concat_tables(tables), merged)
+    if evaluate is not None:
+        merged.evaluation = evaluate(labels)
+    store.write_json(MANIFEST, merged.to_json())
+    return labels
+
+
+def _check_shard_table(uri: str, table: pa.Table, manifest: LabelManifest) -> None:
+    columns = set(table.column_names)
+    absent = [c for c in ("image_id", *VECTORS) if c not in columns]
+    if absent:
+        raise ShardMergeError(f"{uri} lacks column(s) {', '.join(absent)}")
+    if table.num_rows != manifest.images:
+        raise ShardMergeError(
+            f"{uri} holds {table.num_rows} rows but its manifest says {manifest.images} images"
+        )
+    width = len(manifest.classes)
+    for name in VECTORS:
+        kind = table.schema.field(name).type
+        if not pa.types.is_fixed_size_list(kind) or kind.list_size != width:
+            raise ShardMergeError(f"{uri}: column {name!r} is {kind}, expected {width} per row")

@@ -1,0 +1,128 @@
+"""``cdul label DATASET --output RUN``: pseudo labels for a dataset via the CLIP service.
+
+Sharded runs (a Kubernetes Indexed Job) pass ``--num-shards S``; the shard index
+defaults to ``$JOB_COMPLETION_INDEX``. Each shard writes its own Parquet file and
+manifest; ``cdul label-merge RUN`` then checks and merges them. An unsharded run merges
+and evaluates itself. Rerunning the same command resumes: finished shards and parts
+are kept, the rest is labeled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cdul.core.clip_scoring import DEFAULT_TEMPLATE
+from cdul.core.errors import ConfigError
+from cdul.core.method.aggregation import DEFAULT_ZETA
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dataset",
+        help="voc:ROOT[:split] | coco:ANNOTATIONS:IMAGES | folder:PATH | s3://BUCKET/PREFIX",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="run URI: s3://BUCKET/RUN or file://DIR"
+    )
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        default=None,
+        help="CLIP service host:port; repeat for several (default: $CDUL_CLIP_ENDPOINTS, "
+        "comma-separated, else 127.0.0.1:51000)",
+    )
+    parser.add_argument("--snippets", default="grid:3x3", help="grid:RxC or patch:K[/S]")
+    parser.add_argument("--zeta", type=float, default=DEFAULT_ZETA, help="Eq. 6 threshold")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template")
+    parser.add_argument(
+        "--classes", default=None, help="class list file (one per line) for unlabeled images"
+    )
+    parser.add_argument(
+        "--shard-index", type=int, default=None, help="default: $JOB_COMPLETION_INDEX, else 0"
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=None, help="default: $CDUL_NUM_SHARDS, else 1"
+    )
+    parser.add_argument(
+        "--part-size", type=int, default=64, help="images per atomic part (the most a kill loses)"
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, default=32, help="requests outstanding per endpoint"
+    )
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable images and report them"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="label only the first N images")
+    parser.add_argument(
+        "--wait-for-service", type=float, default=120.0, metavar="S",
+        help="seconds to wait for the CLIP service to come up (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cdul.core.pseudo_labels import MANIFEST
+    from cdul.labeler.job import LabelConfig, label
+    from cdul.labeler.merge import describe
+    from cdul.labeler.sources import read_classes
+
+    endpoints = args.endpoint or [
+        e.strip()
+        for e in os.environ.get("CDUL_CLIP_ENDPOINTS", "127.0.0.1:51000").split(",")
+        if e.strip()
+    ]
+    config = LabelConfig(
+        dataset=args.dataset,
+        output=args.output,
+        endpoints=tuple(endpoints),
+        snippet_spec=args.snippets,
+        zeta=args.zeta,
+        template=args.template,
+        classes=read_classes(args.classes) if args.classes else None,
+        shard_index=(
+            args.shard_index
+            if args.shard_index is not None
+            else _env_int("JOB_COMPLETION_INDEX", 0)
+        ),
+        num_shards=args.num_shards
+        if args.num_shards is not None
+        else _env_int("CDUL_NUM_SHARDS", 1),
+        part_size=args.part_size,
+        max_in_flight=args.max_in_flight,
+        skip_bad=args.skip_bad,
+        limit=args.limit,
+        wait_for_service_s=args.wait_for_service,
+        progress=not args.no_progress,
+    )
+    result, labels, evaluation = label(config)
+    if result.already_done:
+        print(f"{result.shard}: already complete ({result.images} images); nothing labeled")
+    else:
+        rate = result.labeled_now / result.seconds if result.seconds > 0 else 0.0
+        print(
+            f"{result.shard}: {result.images} images labeled, {len(result.skipped)} skipped"
+            f" ({result.resumed} from an earlier run); {result.labeled_now} now in "
+            f"{result.seconds:.1f}s = {rate:.1f} images/s, "
+            f"{result.views / max(result.seconds, 1e-9):.0f} CLIP views/s"
+        )
+    if labels is not None:
+        from cdul.core.storage import open_store
+
+        print(describe(open_store(config.output), labels, evaluation))
+    else:
+        print(
+            f"shard written; when all {config.num_shards} shards are done: "
+            f"cdul label-merge {config.output}  (writes {MANIFEST})"
+        )
+    return 0

@@ -1,0 +1,385 @@
+"""One shard of a labeling run: stream images to the CLIP service, write pseudo labels.
+
+Sharding: the images (dataset order, after ``limit``) are cut into ``num_shards``
+contiguous ranges; shard k holds ``[n*k//S, n*(k+1)//S)``. Concatenating the shards in
+order gives the unsharded run exactly.
+
+Atomicity and resume: a shard is written in *parts* of ``part_size`` images
+(``pseudo_labels/parts/shard-K-of-S/part-START-STOP.parquet``, dataset indices, stop
+exclusive), each one atomic object holding that range's rows, the images skipped in it
+and the run's shared settings. A rerun reads the finished parts, checks their settings
+and ids, and sends only the rest; a kill therefore loses at most the parts in flight.
+When every part is there, the shard table and then the shard manifest are written
+(:func:`cdul.core.pseudo_labels.write_shard`; the manifest is the completion mark) and
+the parts are deleted. A finished shard is skipped on rerun. Parts are the job's
+scratch space: readers of the artefact only ever look at shards named by manifests.
+
+One ``ScoreStream`` per endpoint carries the whole shard with ``max_in_flight``
+requests outstanding, so the service's batcher always has work. Answers are
+aggregated here (Eq. 6-7) from the service's global scores and alpha/beta (Eq. 1-5).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import grpc
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
+from cdul.core.clip_scoring import DEFAULT_TEMPLATE
+from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
+from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, pseudo_label
+from cdul.core.method.snippets import parse_snippet_spec
+from cdul.core.pseudo_labels import (
+    PREFIX,
+    SHARED_SETTINGS,
+    LabelManifest,
+    PseudoLabels,
+    read_table,
+    shard_done,
+    shard_name,
+    to_table,
+    write_shard,
+)
+from cdul.core.storage import ObjectStore, open_store
+from cdul.labeler.service import check_service, read_ahead
+from cdul.labeler.sources import ImageSource, open_source
+from cdul.labeler.version import code_version
+
+log = logging.getLogger(__name__)
+# Per-image answers worth sending again (the service's queue was full, it was restarting).
+TRANSIENT = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL")
+MAX_ITEM_RETRIES = 6
+_PART = re.compile(r"part-(\d{7})-(\d{7})\.parquet$")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    dataset: str
+    output: str
+    endpoints: tuple[str, ...]
+    snippet_spec: str = "grid:3x3"
+    zeta: float = DEFAULT_ZETA
+    template: str = DEFAULT_TEMPLATE
+    classes: tuple[str, ...] | None = None
+    shard_index: int = 0
+    num_shards: int = 1
+    part_size: int = 64
+    max_in_flight: int = 32
+    skip_bad: bool = False
+    limit: int | None = None
+    wait_for_service_s: float = 60.0
+    deadline_s: float = 300.0
+    progress: bool = True
+
+
+@dataclass
+class ShardResult:
+    shard: str
+    images: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    resumed: int = 0
+    labeled_now: int = 0
+    views: int = 0
+    seconds: float = 0.0
+    already_done: bool = False
+
+
+@dataclass
+class _Part:
+    start: int
+    stop: int
+    rows: dict[int, tuple[list[float], list[float], list[float]]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    table: pa.Table | None = None
+
+    @property
+    def key_name(self) -> str:
+        return f"part-{self.start:07d}-{self.stop:07d}.parquet"
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) + len(self.skipped) == self.stop - self.start
+
+
+def shard_range(count: int, index: int, num_shards: int) -> range:
+    shard_name(index, num_shards)  # validates the index
+    return range(count * index // num_shards, count * (index + 1) // num_shards)
+
+
+def settings_of(manifest: LabelManifest) -> dict[str, object]:
+    data = manifest.to_json()
+    return {k: data[k] for k in SHARED_SETTINGS}
+
+
+class ShardJob:
+    """Label one shard of ``config`` into ``config.output``."""
+
+    def __init__(self, config: LabelConfig, client: SimilarityClient, source: ImageSource) -> None:
+        if config.part_size < 1 or config.max_in_flight < 1:
+            raise ConfigError("--part-size and --max-in-flight must be >= 1")
+        self.config = config
+        self.client = client
+        self.source = source
+        self.store: ObjectStore = open_store(config.output, create_bucket=True)
+        self.spec = str(parse_snippet_spec(config.snippet_spec))
+        info = check_service(client, config.wait_for_service_s)
+        self.template = LabelManifest(
+            dataset=source.spec, classes=list(source.classes), template=config.template,
+            clip_model=info.model_name, clip_pretrained=info.pretrained, snippet_spec=self.spec,
+            zeta=config.zeta, num_shards=config.num_shards, code_version=code_version(),
+            created="", shard_index=config.shard_index, limit=config.limit,
+        )  # fmt: skip
+        self.settings = settings_of(self.template)
+        self.name = shard_name(config.shard_index, config.num_shards)
+        self.parts_prefix = f"{PREFIX}/parts/{self.name}/"
+        self.indices = shard_range(len(source), config.shard_index, config.num_shards)
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> ShardResult:
+        result = ShardResult(shard=self.name)
+        done = shard_done(self.store, self.config.shard_index, self.config.num_shards)
+        if done is not None:
+            self._check_settings(settings_of(done), self.store.uri_for(f"{PREFIX}/shards"))
+            log.info("%s is already complete in %s; nothing to do", self.name, self.store.uri)
+            self._delete_parts()  # left over if a run was killed just after the shard
+            result.images, result.skipped, result.already_done = done.images, done.skipped, True
+            return result
+        parts = self._plan()
+        result.resumed = sum(len(p.rows) + len(p.skipped) for p in parts if p.table is not None)
+        pending = [p for p in parts if p.table is None]
+        start = time.perf_counter()
+        with tqdm(total=len(self.indices), initial=result.resumed, unit="img",
+                  desc=f"labeling {self.name}", disable=not self.config.progress,
+                  smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30.0,
+                  ) as bar:  # fmt: skip
+            result.views = self._score(pending, bar)
+        result.seconds = time.perf_counter() - start
+        result.labeled_now = len(self.indices) - result.resumed
+        self._finish(parts, result)
+        return result
+
+    def _plan(self) -> list[_Part]:
+        size, idx = self.config.part_size, self.indices
+        parts = [_Part(s, min(s + size, idx.stop)) for s in range(idx.start, idx.stop, size)]
+        existing = set(self.store.list(self.parts_prefix))
+        for part in parts:
+            key = self.parts_prefix + part.key_name
+            if key in existing:
+                self._load_part(part, key)
+        resumed = sum(p.table is not None for p in parts)
+        if resumed:
+            log.info("%s: resuming; %d of %d parts already written", self.name, resumed,
+                     len(parts))  # fmt: skip
+        return parts
+
+    def _load_part(self, part: _Part, key: str) -> None:
+        try:
+            table = read_table(self.store, key)
+        except StorageError as error:  # objects are atomic, so this is damage: redo it
+            log.warning("%s; labeling its images again", error)
+            return
+        meta = table.schema.metadata or {}
+        settings = json.loads(meta.get(b"cdul.settings", b"{}"))
+        self._check_settings(settings, self.store.uri_for(key))
+        skipped = json.loads(meta.get(b"cdul.skipped", b"[]"))
+        ids = table.column("image_id").to_pylist()
+        gone = {s["image_id"] for s in skipped}
+        expected = [self.source.ids[i] for i in range(part.start, part.stop)]
+        if ids != [i for i in expected if i not in gone]:
+            log.warning("%s holds other images than expected; labeling them again",
+                        self.store.uri_for(key))  # fmt: skip
+            return
+        part.table, part.skipped = table, skipped
+        part.rows = {i: ([], [], []) for i in range(part.start, part.stop) if i not in gone}
+
+    def _check_settings(self, found: dict[str, object], where: str) -> None:
+        differences = [
+            f"{k}: {found.get(k)!r} (stored) != {v!r} (now)"
+            for k, v in self.settings.items()
+            if found.get(k) != v
+        ]
+        if differences:
+            raise ConfigError(
+                f"{where} already holds pseudo labels made with other settings "
+                f"({'; '.join(differences)}); use another output run URI or delete that one"
+            )
+
+    # -- streaming -------------------------------------------------------------------
+
+    def _score(self, parts: list[_Part], bar: tqdm) -> int:
+        """Send every image of ``parts``; write each part as soon as it is complete."""
+        part_of = {i: p for p in parts for i in range(p.start, p.stop)}
+        index_of = {self.source.ids[i]: i for i in part_of}
+        labels = label_set_ref(self.source.classes, self.config.template)
+        attempts: Counter[int] = Counter()
+        to_send, views, round_ = sorted(part_of), 0, 0
+        while to_send:
+            retry: list[int] = []
+            errors: queue.SimpleQueue = queue.SimpleQueue()
+            cancel = threading.Event()
+            images = self._images(to_send, errors, cancel)
+            stream = self.client.score_stream(images, labels, self.spec, self.config.max_in_flight)
+            try:
+                for response in stream:
+                    self._drain(errors, part_of, bar)
+                    i = index_of.get(response.id)
+                    part = part_of.get(i) if i is not None else None
+                    if part is None or i in part.rows:
+                        continue  # not ours, or answered twice after a resend
+                    if response.error and response.error_code in TRANSIENT:
+                        if attempts[i] < MAX_ITEM_RETRIES:
+                            attempts[i] += 1
+                            retry.append(i)
+                            continue
+                        raise SimilarityServiceError(
+                            grpc.StatusCode[response.error_code],
+                            f"{self.source.location(i)}: still {response.error!r} after "
+                            f"{MAX_ITEM_RETRIES} retries",
+                        )
+                    if response.error:
+                        where = self.source.location(i)
+                        self._bad(part, i, f"{where}: the CLIP service refused it: "
+                                           f"{response.error}", bar)  # fmt: skip
+                        continue
+                    part.rows[i] = self._vectors(i, response)
+                    views += 1 + response.snippet_count
+                    self._progress(part, bar)
+                self._drain(errors, part_of, bar)
+            finally:
+                cancel.set()
+                stream.close()
+            to_send = sorted(retry)
+            if to_send:
+                delay = min(0.5 * 2**round_, 8.0)
+                log.warning("%d image(s) answered %s; sending them again in %.1fs", len(to_send),
+                            "/".join(TRANSIENT), delay)  # fmt: skip
+                time.sleep(delay)
+                round_ += 1
+        return views
+
+    def _images(self, indices: list[int], errors: queue.SimpleQueue, cancel: threading.Event):
+        """(id, bytes) for the client's feeder thread; never raises (errors go to ``errors``)."""
+        try:
+            for i, future in read_ahead(self.source, indices):
+                if cancel.is_set():
+                    return
+                try:
+                    data = future.result()
+                except DatasetError as error:
+                    errors.put((i, str(error), False))
+                    continue
+                yield self.source.ids[i], data
+        except Exception as error:  # e.g. the image store is unreachable: fatal
+            errors.put((None, f"reading images from {self.source.spec}: {error}", True))
+
+    def _drain(self, errors: queue.SimpleQueue, part_of: dict[int, _Part], bar: tqdm) -> None:
+        while not errors.empty():
+            i, message, fatal = errors.get()
+            if fatal:
+                raise DatasetError(message)
+            self._bad(part_of[i], i, message, bar)
+
+    def _bad(self, part: _Part, i: int, reason: str, bar: tqdm) -> None:
+        if not self.config.skip_bad:
+            raise DatasetError(f"{reason} (--skip-bad skips such images and reports them)")
+        log.warning("skipping %s", reason)
+        part.skipped.append(
+            {"image_id": self.source.ids[i], "path": self.source.location(i), "reason": reason}
+        )
+        self._progress(part, bar)
+
+    def _vectors(self, i: int, response) -> tuple[list[float], list[float], list[float]]:
+        glob = list(getattr(response, "global").probability)
+        alpha, beta = list(response.alpha), list(response.beta)
+        width = len(self.source.classes)
+        if not len(glob) == len(alpha) == len(beta) == width:
+            raise SimilarityServiceError(
+                grpc.StatusCode.INTERNAL,
+                f"the answer for {self.source.location(i)} has {len(glob)}/{len(alpha)}/"
+                f"{len(beta)} scores for {width} classes",
+            )
+        return glob, alpha, beta
+
+    def _progress(self, part: _Part, bar: tqdm) -> None:
+        bar.update(1)
+        if part.complete:
+            self._write_part(part)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _part_table(self, part: _Part) -> pa.Table:
+        order = sorted(part.rows)
+        width = len(self.source.classes)
+
+        def stack(k: int) -> torch.Tensor:
+            rows = [part.rows[i][k] for i in order]
+            return torch.tensor(rows, dtype=torch.float32).reshape(len(order), width)
+
+        glob, alpha, beta = stack(0), stack(1), stack(2)
+        agg = aggregate(alpha, beta, self.config.zeta)
+        vectors = {"global": glob, "alpha": alpha, "beta": beta, "aggregate": agg,
+                   "final": pseudo_label(glob, agg)}  # fmt: skip
+        truth = self.source.ground_truth
+        gt = None if truth is None else truth[order] if order else truth[:0]
+        return to_table([self.source.ids[i] for i in order], vectors, gt)
+
+    def _write_part(self, part: _Part) -> None:
+        table = self._part_table(part).replace_schema_metadata(
+            {"cdul.settings": json.dumps(self.settings), "cdul.skipped": json.dumps(part.skipped)}
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        self.store.write_bytes(self.parts_prefix + part.key_name, buffer.getvalue())
+        part.table = table
+
+    def _finish(self, parts: list[_Part], result: ShardResult) -> None:
+        unfinished = [p.key_name for p in parts if p.table is None]
+        if unfinished:  # every image was answered, refused or unreadable: cannot happen
+            raise CdulError(f"{self.name}: parts {unfinished[:3]} are incomplete; rerun to resume")
+        tables = [p.table.replace_schema_metadata(None) for p in parts if p.table is not None]
+        table = pa.concat_tables(tables)
+        skipped = list(self.source.skipped) if self.config.shard_index == 0 else []
+        skipped += [s for p in parts for s in p.skipped]
+        manifest = LabelManifest.from_json(
+            {**self.template.to_json(), "skipped": skipped,
+             "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        )  # fmt: skip
+        write_shard(self.store, manifest, table)
+        self._delete_parts()
+        result.images, result.skipped = table.num_rows, skipped
+
+    def _delete_parts(self) -> None:
+        for key in self.store.list(self.parts_prefix):
+            if _PART.search(key):
+                self.store.delete(key)
+
+
+def label(config: LabelConfig) -> tuple[ShardResult, PseudoLabels | None, dict | None]:
+    """Run one shard; an unsharded run is merged (and evaluated) at once."""
+    from cdul.labeler.merge import merge_run
+
+    source = open_source(config.dataset, classes=config.classes, skip_bad=config.skip_bad,
+                         limit=config.limit)  # fmt: skip
+    with SimilarityClient(list(config.endpoints), deadline_s=config.deadline_s) as client:
+        job = ShardJob(config, client, source)
+        result = job.run()
+    if config.num_shards > 1:
+        return result, None, None
+    labels, evaluation = merge_run(job.store, num_shards=1)
+    return result, labels, evaluation

@@ -1,0 +1,137 @@
+"""What the labeler labels: image ids, raw bytes, classes and (maybe) ground truth.
+
+The labeler sends each image's file bytes as they are: the CLIP service decodes them
+once (EXIF rotation, RGB) and cuts snippets from the full-resolution image, so the job
+never decodes or re-encodes. A file that cannot be read, or that the service cannot
+decode, is reported by the job with :meth:`ImageSource.location` (the file's path or
+URI).
+
+Sources:
+
+- a dataset spec (``voc:``, ``coco:``, ``folder:``; see :mod:`cdul.core.datasets`);
+- ``s3://BUCKET/PREFIX``: every image object under the prefix (no ground truth; the
+  classes come from ``--classes``). Ids are the keys relative to the prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cdul.core.datasets import open_dataset
+from cdul.core.errors import ConfigError, DatasetError, StorageError
+from cdul.core.storage import ObjectStore, open_store
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass
+class ImageSource:
+    """An ordered list of images to label (after ``limit``)."""
+
+    spec: str
+    classes: tuple[str, ...]
+    ids: list[str]
+    locations: list[str]
+    ground_truth: torch.Tensor | None
+    store: ObjectStore | None = None
+    keys: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Items the dataset itself left out (malformed annotations) with ``skip_bad``."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def location(self, i: int) -> str:
+        return self.locations[i]
+
+    def read(self, i: int) -> bytes:
+        """The raw bytes of image ``i``; DatasetError naming the file if unreadable."""
+        try:
+            if self.store is not None:
+                return self.store.read_bytes(self.keys[i])
+            return Path(self.locations[i]).read_bytes()
+        except (OSError, StorageError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise DatasetError(f"{self.locations[i]}: cannot read image: {reason}") from None
+
+
+def read_classes(path: str) -> tuple[str, ...]:
+    """Class names from a text file, one per line (blank lines and ``#`` comments skipped)."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ConfigError(f"cannot read the class list {path}: {error.strerror}") from None
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise ConfigError(f"the class list {path} names no class")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"the class list {path} names a class twice")
+    return tuple(names)
+
+
+def open_source(
+    spec: str,
+    *,
+    classes: tuple[str, ...] | None = None,
+    skip_bad: bool = False,
+    limit: int | None = None,
+) -> ImageSource:
+    """Open ``spec``; ``classes`` override the dataset's only where it has no ground truth."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if spec.startswith("s3://"):
+        source = _s3_source(spec, classes)
+    else:
+        source = _dataset_source(spec, classes, skip_bad)
+    if limit is not None:
+        source.ids = source.ids[:limit]
+        source.locations = source.locations[:limit]
+        source.keys = source.keys[:limit]
+        if source.ground_truth is not None:
+            source.ground_truth = source.ground_truth[:limit]
+    if not source.ids:
+        raise ConfigError(f"{spec}: no images to label")
+    return source
+
+
+def _dataset_source(spec: str, classes: tuple[str, ...] | None, skip_bad: bool) -> ImageSource:
+    options: dict[str, object] = {"skip_bad": skip_bad}
+    if classes is not None and spec.startswith("folder:"):
+        options["classes"] = classes
+    dataset = open_dataset(spec, **options)
+    if classes is not None and tuple(classes) != tuple(dataset.classes):
+        raise ConfigError(
+            f"{spec} has ground truth for its own classes {list(dataset.classes)}; "
+            "--classes may only name the classes of an unlabeled dataset"
+        )
+    if not dataset.classes:
+        raise ConfigError(f"{spec} names no classes: give --classes FILE (one class per line)")
+    return ImageSource(
+        spec=dataset.spec,
+        classes=tuple(dataset.classes),
+        ids=dataset.ids(),
+        locations=[dataset.image_path(i) for i in range(len(dataset))],
+        ground_truth=dataset.ground_truth_matrix(),
+        skipped=[
+            {"image_id": s.image_id, "path": s.path, "reason": s.reason} for s in dataset.skipped
+        ],
+    )
+
+
+def _s3_source(spec: str, classes: tuple[str, ...] | None) -> ImageSource:
+    if not classes:
+        raise ConfigError(f"{spec}: images under an s3:// prefix need --classes FILE")
+    store = open_store(spec)
+    keys = [k for k in store.list() if k.lower().endswith(IMAGE_SUFFIXES)]
+    return ImageSource(
+        spec=spec,
+        classes=tuple(classes),
+        ids=list(keys),
+        locations=[store.uri_for(k) for k in keys],
+        ground_truth=None,
+        store=store,
+        keys=keys,
+    )

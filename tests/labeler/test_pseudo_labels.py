@@ -1,0 +1,152 @@
+"""The pseudo-label artefact: shards, manifests, merge checks, re-aggregation (no CLIP)."""
+
+import pandas as pd
+import pytest
+import torch
+
+from cdul.core.errors import ConfigError, StorageError
+from cdul.core.method.aggregation import aggregate, pseudo_label
+from cdul.core.pseudo_labels import (
+    MANIFEST,
+    LabelManifest,
+    ShardMergeError,
+    merge_shards,
+    read_pseudo_labels,
+    reaggregate,
+    shard_counts,
+    shard_done,
+    shard_key,
+    to_table,
+    write_shard,
+)
+from cdul.core.storage import open_store
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def manifest(index=0, count=2, **changes):
+    base = dict(
+        dataset="voc:/data:val", classes=list(CLASSES), template="a photo of a {}",
+        clip_model="cdul-tiny-rn", clip_pretrained="/m.pt", snippet_spec="grid:3x3", zeta=0.5,
+        num_shards=count, code_version="test", created=f"2024-01-0{index + 1}T00:00:00+00:00",
+        shard_index=index,
+    )  # fmt: skip
+    base.update(changes)
+    return LabelManifest(**base)
+
+
+def vectors(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    glob, alpha = torch.rand(n, 3, generator=g), torch.rand(n, 3, generator=g)
+    beta = alpha * torch.rand(n, 3, generator=g)
+    agg = aggregate(alpha, beta, 0.5)
+    return {"global": glob, "alpha": alpha, "beta": beta, "aggregate": agg,
+            "final": pseudo_label(glob, agg)}  # fmt: skip
+
+
+def write(store, index, count, ids, seed, **changes):
+    m = manifest(index, count, **changes)
+    truth = (torch.rand(len(ids), 3, generator=torch.Generator().manual_seed(seed)) > 0.5).float()
+    write_shard(store, m, to_table(ids, vectors(len(ids), seed), truth))
+    return m
+
+
+@pytest.fixture
+def store(tmp_path):
+    return open_store(f"file://{tmp_path}/run")
+
+
+def test_shards_merge_in_order_and_pandas_reads_them(store, tmp_path):
+    write(store, 1, 2, ["c", "d"], 2)
+    assert shard_done(store, 0, 2) is None and shard_counts(store) == {2: {1}}
+    write(store, 0, 2, ["a", "b"], 1)
+    labels = merge_shards(store)
+    assert labels.ids == ["a", "b", "c", "d"] and labels["final"].shape == (4, 3)
+    m = LabelManifest.from_json(store.read_json(MANIFEST))
+    assert m.images == 4 and m.shard_index is None and m.created.startswith("2024-01-02")
+    assert m.shards == ["shard-00000-of-00002", "shard-00001-of-00002"]
+    again = read_pseudo_labels(store)
+    assert torch.equal(again["alpha"], labels["alpha"]) and again.ground_truth.shape == (4, 3)
+    frame = pd.read_parquet(tmp_path / "run" / shard_key(0, 2, "parquet"))
+    assert list(frame.columns)[:2] == ["image_id", "global"] and len(frame["final"][0]) == 3
+    first = store.read_bytes(MANIFEST)
+    merge_shards(store)
+    assert store.read_bytes(MANIFEST) == first  # merging is deterministic
+
+
+def test_merge_refuses_a_missing_shard_naming_it(store):
+    write(store, 0, 3, ["a"], 1)
+    write(store, 2, 3, ["c"], 3)
+    with pytest.raises(ShardMergeError, match=r"shard-00001-of-00003"):
+        merge_shards(store)
+    assert not store.exists(MANIFEST)
+
+
+def test_merge_refuses_an_unfinished_shard(store):
+    write(store, 0, 2, ["a"], 1)
+    write(store, 1, 2, ["b"], 2)
+    store.delete(shard_key(1, 2, "json"))  # the table without its completion mark
+    with pytest.raises(ShardMergeError, match=r"missing or unfinished.*shard-00001-of-00002"):
+        merge_shards(store)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [({"zeta": 0.25}, "zeta: 0.5 != 0.25"), ({"snippet_spec": "patch:16"}, "snippet_spec"),
+     ({"clip_pretrained": "openai"}, "clip_pretrained"), ({"classes": ["a", "b", "c"]}, "classes")],
+)  # fmt: skip
+def test_merge_refuses_inconsistent_settings(store, change, words):
+    write(store, 0, 2, ["a"], 1)
+    write(store, 1, 2, ["b"], 2, **change)
+    with pytest.raises(ShardMergeError, match="shard-00001-of-00002 was made with other") as info:
+        merge_shards(store)
+    assert words in str(info.value)
+    assert not store.exists(MANIFEST)
+
+
+def test_merge_refuses_duplicates_row_mismatch_and_mixed_splits(store, tmp_path):
+    write(store, 0, 2, ["a", "b"], 1)
+    write(store, 1, 2, ["b", "c"], 2)
+    with pytest.raises(ShardMergeError, match=r"\['b'\] appear in more than one shard"):
+        merge_shards(store)
+    write(store, 1, 2, ["c", "d"], 2)
+    m = LabelManifest.from_json(store.read_json(shard_key(1, 2, "json")))
+    m.images = 5
+    store.write_json(shard_key(1, 2, "json"), m.to_json())
+    with pytest.raises(ShardMergeError, match="holds 2 rows but its manifest says 5"):
+        merge_shards(store)
+    write(store, 0, 3, ["x"], 1, num_shards=3)
+    with pytest.raises(ShardMergeError, match="different splits"):
+        merge_shards(store)
+    with pytest.raises(ShardMergeError, match="2 of 3 shard"):
+        merge_shards(store, num_shards=3)
+    empty = open_store(f"file://{tmp_path}/empty")
+    with pytest.raises(ShardMergeError, match="no pseudo-label shards"):
+        merge_shards(empty)
+
+
+def test_evaluate_hook_goes_into_the_manifest(store):
+    write(store, 0, 1, ["a", "b"], 1)
+    merge_shards(store, evaluate=lambda labels: {"n": len(labels)})
+    assert store.read_json(MANIFEST)["evaluation"] == {"n": 2}
+
+
+def test_reaggregate_matches_eq_6_7_and_reading_needs_a_merge(store):
+    write(store, 0, 1, ["a", "b", "c"], 4)
+    with pytest.raises(StorageError, match="label-merge"):
+        read_pseudo_labels(store)
+    labels = merge_shards(store)
+    same = reaggregate(labels, 0.5)
+    assert torch.equal(same["final"], labels["final"])
+    zero = reaggregate(labels, 0.0)
+    assert torch.equal(zero["aggregate"], labels["alpha"])
+    one = reaggregate(labels, 1.0)
+    assert torch.equal(one["final"], (labels["global"] + labels["beta"]) / 2)
+
+
+def test_table_shapes_and_manifest_checks():
+    with pytest.raises(ConfigError, match="expected"):
+        to_table(["a"], vectors(2, 0), None)
+    with pytest.raises(StorageError, match="malformed"):
+        LabelManifest.from_json({"dataset": "x"})
+    assert manifest().differences(manifest(limit=10)) == ["limit: None != 10"]
