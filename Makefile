@@ -115,3 +115,63 @@ archive: $(STAMP)
 # Benchmark P5: TorchServe (16 clients, batching) vs in-process forward
 bench-p5: $(STAMP)
 	$(PY) benchmarks/p5_torchserve.py
+
+# ---- trainer (issue 5) ------------------------------------------------------------------
+# `cdul train LABELS_RUN IMAGES`: writes RUN/training/ and RUN/model-store/; rerun to resume.
+# The pseudo-label runs come from the labeler (`cdul label`, issue 4).
+.PHONY: train-world train-voc-table3-f1 train-voc-table3-f10 bench-p4
+WORLD_ROOT ?= $(CURDIR)/artifacts/world
+WORLD_RUN ?= file://$(CURDIR)/artifacts/world-run
+VOC_RUN ?= file://$(CURDIR)/artifacts/voc-run
+TRAIN_ARGS ?=
+TRAIN_DEVICE ?= auto
+
+# Short default on the embedded world: ResNet-18 from the world's backbone, 128 px, 10 epochs, F=5.
+train-world: $(STAMP)
+	$(VENV)/bin/cdul train $(WORLD_RUN) voc:$(WORLD_ROOT):train --val voc:$(WORLD_ROOT):val \
+	  --arch resnet18 --backbone-weights "$$($(VENV)/bin/python -c 'from cdul.world.backbone import ensure_backbone; print(ensure_backbone())')" \
+	  --image-size 128 --batch-size 16 --lr 1e-4 --epochs 10 --update-every 5 --warmup-epochs 2 \
+	  --label-step 1 --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
+
+# The study's Table 3 on VOC2012 (ResNet-101, ImageNet weights, Adam 1e-5, batch 8).
+# VOC_ROOT=/data/VOCdevkit/VOC2012; VOC_RUN holds the labeler's pseudo labels for voc:VOC_ROOT:train.
+train-voc-table3-f1: $(STAMP)
+	@test -n "$(VOC_ROOT)" || { echo "set VOC_ROOT=/path/to/VOCdevkit/VOC2012" >&2; exit 2; }
+	$(VENV)/bin/cdul train $(VOC_RUN) voc:$(VOC_ROOT):train --val voc:$(VOC_ROOT):val \
+	  --output $(VOC_RUN)-f1 --arch resnet101 --backbone-weights imagenet --batch-size 8 \
+	  --lr 1e-5 --epochs 20 --update-every 1 --warmup-epochs 0 --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
+
+train-voc-table3-f10: $(STAMP)
+	@test -n "$(VOC_ROOT)" || { echo "set VOC_ROOT=/path/to/VOCdevkit/VOC2012" >&2; exit 2; }
+	$(VENV)/bin/cdul train $(VOC_RUN) voc:$(VOC_ROOT):train --val voc:$(VOC_ROOT):val \
+	  --output $(VOC_RUN)-f10 --arch resnet101 --backbone-weights imagenet --batch-size 8 \
+	  --lr 1e-5 --epochs 100 --update-every 10 --warmup-epochs 10 --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
+
+# Benchmark P4: a step with gradient alignment vs a plain step, side by side (goal >= 0.95).
+bench-p4: $(STAMP)
+	$(PY) benchmarks/p4_alignment_step.py
+
+# ---- deploy (issue 8) ---------------------------------------------------------------------
+# images: docker build of every image (machines with Docker; context = the repository root).
+# k8s: render every kustomize overlay into artifacts/k8s/<overlay>.yaml (offline).
+# lint-deploy: the static deployment checks of tests/deploy (also part of `make test`).
+.PHONY: images k8s lint-deploy
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEPLOY_IMAGES := clip-service labeler trainer torchserve
+K8S_OVERLAYS := $(notdir $(wildcard k8s/overlays/*))
+
+images:
+	@command -v docker >/dev/null || { echo "make images needs Docker (not installed here)" >&2; exit 2; }
+	set -e; for image in $(DEPLOY_IMAGES); do \
+	  docker build -f deploy/docker/$$image.Dockerfile -t cdul/$$image:$(IMAGE_TAG) .; \
+	done
+
+k8s:
+	@mkdir -p artifacts/k8s
+	set -e; for overlay in $(K8S_OVERLAYS); do \
+	  kubectl kustomize k8s/overlays/$$overlay > artifacts/k8s/$$overlay.yaml; \
+	  echo "artifacts/k8s/$$overlay.yaml"; \
+	done
+
+lint-deploy: $(STAMP)
+	$(PY) -m pytest tests/deploy

@@ -53,6 +53,9 @@ COMMANDS: dict[str, Command] = {
     "label-report": Command(
         "cdul.labeler.compare", "mAP of global/aggregate/final for several runs, side by side"
     ),
+    "train": Command(
+        "cdul.trainer.command", "train the classifier on pseudo labels (Eq. 8), export a .mar"
+    ),
 }
 
 

@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# TorchServe 0.12.0 serving the CDUL multi-label classifier (the handler inside the
+# .mar built by `cdul archive` / the trainer imports the `cdul` package).
+# Inference 8080, management 8081 (loopback), Prometheus metrics 8082.
+#
+# Build from the repository root:  docker build -f deploy/docker/torchserve.Dockerfile -t cdul/torchserve:0.1.0 .
+#
+# Base: NOT pytorch/torchserve:0.12.0-cpu|gpu. Its interpreter is Python 3.9 with an
+# older torch, and the handler's `cdul` package requires Python 3.11 and torch 2.14.1,
+# so workers started by that image cannot import the handler. Instead: the same
+# torchserve==0.12.0 / torch-model-archiver==0.12.0 wheels the official image installs
+# (pinned in pyproject.toml), Debian's OpenJDK 17 (the JVM the project tests TorchServe
+# with), torch 2.14.1+cu130 from PyPI (CUDA 13.0 runtime as pip packages), on the
+# official Python 3.11 slim image. Layout follows the official image: /home/model-server.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY services ./services
+RUN pip install .
+
+FROM ${PYTHON_IMAGE}
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 model-server \
+ && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/model-server --shell /usr/sbin/nologin model-server \
+ && mkdir -p /home/model-server/model-store /home/model-server/work \
+ && chown -R 10001:10001 /home/model-server
+COPY --from=build /opt/venv /opt/venv
+COPY --chown=10001:10001 deploy/torchserve/config.properties /home/model-server/config.properties
+# TorchServe writes key_file.json (token auth) into its working directory and logs to
+# LOG_LOCATION / METRICS_LOCATION: all writable paths are under work/ and /tmp, which
+# Kubernetes mounts as emptyDirs over a read-only root filesystem.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/model-server \
+    LOG_LOCATION=/home/model-server/work/logs \
+    METRICS_LOCATION=/home/model-server/work/logs \
+    XDG_CACHE_HOME=/tmp/cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TEMP=/tmp
+USER 10001:10001
+WORKDIR /home/model-server/work
+EXPOSE 8080 8082
+# /ping needs the inference key in 0.12 (token auth on): probe the metrics port instead.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8082/metrics', timeout=4)"]
+ENTRYPOINT ["torchserve", "--foreground", "--no-config-snapshots", "--ts-config", "/home/model-server/config.properties"]
+CMD ["--model-store", "/home/model-server/model-store", "--models", "cdul=cdul.mar"]
