@@ -54,6 +54,12 @@ def main() -> None:
     parser.add_argument("--spec", default="grid:3x3")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=32)
+    parser.add_argument(
+        "--preprocess",
+        default="pil",
+        choices=["pil", "tensor"],
+        help="CLIP preprocessing, the same in-process and in the service",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians kept")
     args = parser.parse_args()
 
@@ -63,9 +69,10 @@ def main() -> None:
     encoded = [(str(i), png(s)) for i, s in enumerate(scenes)]
     labels = LabelSet(tuple(SHAPES))
     threads = torch.get_num_threads()
-    print(f"torch threads {threads}, {args.images} images, {spec}, batch {args.max_batch}")
+    print(f"torch threads {threads}, {args.images} images, {spec}, batch {args.max_batch}, "
+          f"{args.preprocess} preprocessing")  # fmt: skip
 
-    scorer = ClipScorer(create_clip(MODEL_NAME, checkpoint))
+    scorer = ClipScorer(create_clip(MODEL_NAME, checkpoint), preprocessor=args.preprocess)
     text = scorer.text_embeddings(labels)
     pixels = [scorer.view_pixels(decode_image(data), spec) for _, data in encoded]
 
@@ -90,7 +97,8 @@ def main() -> None:
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("cdul")), "clip-serve", "--model", MODEL_NAME,
          "--pretrained", checkpoint, "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "-1", "--max-batch", str(args.max_batch)],
+         "--metrics-port", "-1", "--max-batch", str(args.max_batch),
+         "--preprocess", args.preprocess],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     port = None

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -43,6 +43,18 @@ class Limits:
     result_timeout_s: float = 120.0
     stream_in_flight: int = 64
     label_sets_cached: int = 256
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A snippet request whose views are queued for the encoder."""
+
+    request: pb.SnippetRequest
+    digest: str
+    text: torch.Tensor
+    count: int
+    boxes: list[tuple[int, int, int, int]]
+    embeddings: Future[torch.Tensor]
 
 
 class RequestError(Exception):
@@ -115,17 +127,20 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         except ImageDecodeError as error:
             raise _invalid(str(error)) from None
 
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _submit(self, pixels: torch.Tensor) -> Future[torch.Tensor]:
         try:
-            future = self.batcher.submit(pixels)
+            return self.batcher.submit(pixels)
         except QueueFullError as error:
             self.metrics.queue_full.inc()
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except BatcherClosedError as error:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
-        return future.result(timeout=self.limits.result_timeout_s)
 
-    def _snippet_answer(self, request: pb.SnippetRequest) -> pb.SnippetResponse:
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._submit(pixels).result(timeout=self.limits.result_timeout_s)
+
+    def _snippet_prepare(self, request: pb.SnippetRequest) -> _Prepared:
+        """Validate, decode once, cut and preprocess, and queue the views for encoding."""
         labels, text = self._label_set(request.labels)
         try:
             spec = parse_snippet_spec(request.snippet_spec or "grid:3x3")
@@ -143,31 +158,40 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                 f"{spec} cuts {count} snippets from the {image.width}x{image.height} image "
                 f"{request.image.id!r}, over the limit of {self.limits.max_snippets} per request"
             )
-        embeddings = self._encode(self.scorer.view_pixels(image, spec))
+        embeddings = self._submit(self.scorer.view_pixels(image, spec))
         self.metrics.images.inc()
         self.metrics.snippets.inc(count)
-        scored = self.scorer.score_views(embeddings, text)
+        boxes = spec.boxes(*image.size) if request.include_snippets else []
+        return _Prepared(request, labels.digest(), text, count, boxes, embeddings)
+
+    def _snippet_finish(self, prepared: _Prepared) -> pb.SnippetResponse:
+        """Eq. 1-6 from the encoded views, and the answer."""
+        request = prepared.request
+        embeddings = prepared.embeddings.result(timeout=self.limits.result_timeout_s)
+        scored = self.scorer.score_views(embeddings, prepared.text)
         response = pb.SnippetResponse(
             id=request.image.id,
-            label_set_digest=labels.digest(),
+            label_set_digest=prepared.digest,
             alpha=scored.alpha.tolist(),
             beta=scored.beta.tolist(),
-            snippet_count=count,
+            snippet_count=prepared.count,
             # "global" is a Python keyword, so this field goes by keyword dict.
             **{"global": _scores(scored.global_cosine, scored.global_scores)},
         )
         if request.HasField("zeta"):
             response.aggregate.extend(aggregate(scored.alpha, scored.beta, request.zeta).tolist())
-        if request.include_snippets:
-            for box, cos, prob in zip(
-                spec.boxes(*image.size), scored.snippet_cosine, scored.snippet_scores, strict=True
-            ):
-                left, top, right, bottom = box
-                response.snippets.add(
-                    box=pb.Box(left=left, top=top, right=right, bottom=bottom),
-                    scores=_scores(cos, prob),
-                )
+        for box, cos, prob in zip(
+            prepared.boxes, scored.snippet_cosine, scored.snippet_scores, strict=False
+        ):
+            left, top, right, bottom = box
+            response.snippets.add(
+                box=pb.Box(left=left, top=top, right=right, bottom=bottom),
+                scores=_scores(cos, prob),
+            )
         return response
+
+    def _snippet_answer(self, request: pb.SnippetRequest) -> pb.SnippetResponse:
+        return self._snippet_finish(self._snippet_prepare(request))
 
     def _call(self, method: str, context: grpc.ServicerContext, answer):
         start = time.perf_counter()
@@ -247,30 +271,40 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         pending: queue.Queue = queue.Queue(maxsize=self.limits.stream_in_flight)
         done = object()
 
-        def item(request: pb.SnippetRequest) -> pb.SnippetResponse:
+        def failed(request: pb.SnippetRequest, code: grpc.StatusCode, message: str):
+            self.metrics.requests.labels("ScoreStream", code.name).inc()
+            return pb.SnippetResponse(id=request.image.id, error=message, error_code=code.name)
+
+        def prepare(request: pb.SnippetRequest) -> tuple[float, _Prepared | pb.SnippetResponse]:
+            # Pool threads only decode, cut and queue: they never wait for the encoder, so
+            # a few of them keep the batcher fed.
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
             try:
-                return self._snippet_answer(request)
+                return start, self._snippet_prepare(request)
             except RequestError as error:
-                code = error.code
-                return pb.SnippetResponse(
-                    id=request.image.id, error=str(error), error_code=error.code.name
-                )
+                return start, failed(request, error.code, str(error))
             except Exception as error:
-                code = grpc.StatusCode.INTERNAL
                 log.exception("ScoreStream item %r failed", request.image.id)
-                return pb.SnippetResponse(
-                    id=request.image.id, error=f"internal error: {error}", error_code=code.name
+                return start, failed(request, grpc.StatusCode.INTERNAL, f"internal error: {error}")
+
+        def finish(start: float, prepared: _Prepared | pb.SnippetResponse) -> pb.SnippetResponse:
+            if isinstance(prepared, pb.SnippetResponse):
+                return prepared
+            try:
+                response = self._snippet_finish(prepared)
+                self.metrics.requests.labels("ScoreStream", "OK").inc()
+            except Exception as error:
+                log.exception("ScoreStream item %r failed", prepared.request.image.id)
+                response = failed(
+                    prepared.request, grpc.StatusCode.INTERNAL, f"internal error: {error}"
                 )
-            finally:
-                self.metrics.requests.labels("ScoreStream", code.name).inc()
-                self.metrics.latency.labels("ScoreStream").observe(time.perf_counter() - start)
+            self.metrics.latency.labels("ScoreStream").observe(time.perf_counter() - start)
+            return response
 
         def read() -> None:
             try:
                 for request in request_iterator:
-                    pending.put(self._stream_pool.submit(item, request))
+                    pending.put(self._stream_pool.submit(prepare, request))
             except Exception as error:  # the client went away; stop quietly
                 log.debug("ScoreStream reader ended: %s", error)
             finally:
@@ -278,4 +312,4 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
 
         threading.Thread(target=read, name="clip-stream-reader", daemon=True).start()
         while (future := pending.get()) is not done:
-            yield future.result()
+            yield finish(*future.result())
