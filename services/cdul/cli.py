@@ -26,6 +26,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "cdul.demo", "the whole chain on the embedded world, offline: label, train, serve, predict"
+    ),
     "dataset": Command(
         "cdul.commands.dataset", "read a dataset spec: counts per class and unreadable items"
     ),
