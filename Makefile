@@ -121,15 +121,23 @@ bench-p5: $(STAMP)
 # ---- trainer (issue 5) ------------------------------------------------------------------
 # `cdul train LABELS_RUN IMAGES`: writes RUN/training/ and RUN/model-store/; rerun to resume.
 # The pseudo-label runs come from the labeler (`cdul label`, issue 4).
-.PHONY: train-world train-voc-table3-f1 train-voc-table3-f10 bench-p4
+.PHONY: world-run train-world train-voc-table3-f1 train-voc-table3-f10 bench-p4
 WORLD_ROOT ?= $(CURDIR)/artifacts/world
 WORLD_RUN ?= file://$(CURDIR)/artifacts/world-run
 VOC_RUN ?= file://$(CURDIR)/artifacts/voc-run
 TRAIN_ARGS ?=
 TRAIN_DEVICE ?= auto
 
+# A labeled world for train-world: WORLD_ROOT (2,000 train + 500 val scenes) and the pseudo
+# labels of its training split in WORLD_RUN (a rerun finds the labels complete and skips them).
+world-run: $(STAMP)
+	@test -f $(WORLD_ROOT)/ImageSets/Main/val.txt || \
+	  $(CDUL) world generate $(WORLD_ROOT) --train 2000 --val 500
+	@$(CLIP_UP) \
+	$(CDUL) label voc:$(WORLD_ROOT):train -o $(WORLD_RUN) --endpoint "$$endpoint" --snippets $(SNIPPETS)
+
 # Short default on the embedded world: ResNet-18 from the world's backbone, 128 px, 10 epochs, F=5.
-train-world: $(STAMP)
+train-world: world-run
 	$(VENV)/bin/cdul train $(WORLD_RUN) voc:$(WORLD_ROOT):train --val voc:$(WORLD_ROOT):val \
 	  --arch resnet18 --backbone-weights "$$($(VENV)/bin/python -c 'from cdul.world.backbone import ensure_backbone; print(ensure_backbone())')" \
 	  --image-size 128 --batch-size 16 --lr 1e-4 --epochs 10 --update-every 5 --warmup-epochs 2 \
