@@ -34,3 +34,18 @@ def test_global_only_and_unequal_boxes(clip):
     assert prep(image, []).shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="equal snippet sizes"):
         prep(image, [(0, 0, 10, 10), (0, 0, 20, 20)])
+
+
+@pytest.mark.parametrize("preprocessor", ["pil", "tensor"])
+def test_half_precision_models_get_inputs_in_their_weight_dtype(preprocessor):
+    # open_clip's bf16/fp16 precisions convert conv/linear weights only; the model's first
+    # parameter stays fp32, so the input dtype must come from the image tower's weights
+    # (a bug first seen on a GPU: "Input type (FloatTensor) and weight type (BFloat16)").
+    from cdul.core.clip_scoring import ClipScorer, LabelSet
+
+    clip = create_clip("cdul-tiny-rn", None, "cpu", "bf16")
+    assert next(clip.model.parameters()).dtype == torch.float32
+    scorer = ClipScorer(clip, "cpu", preprocessor)
+    scores = scorer.score([make_scene(0, 0).image], LabelSet(("circle", "star")),
+                          parse_snippet_spec("grid:2x2"))  # fmt: skip
+    assert scores.final.shape == (1, 2) and torch.isfinite(scores.final).all()

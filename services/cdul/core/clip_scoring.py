@@ -120,7 +120,11 @@ class ClipScorer:
             return self._text_cache[key]
 
     def _dtype(self) -> torch.dtype:
-        return next(self.clip.model.parameters()).dtype
+        # The image tower's weight dtype: open_clip's fp16/bf16 precisions convert conv and
+        # linear weights only (logit_scale and embeddings stay fp32), so the model's first
+        # parameter does not tell what the encoder's input must be.
+        weights = (p for p in self.clip.model.visual.parameters() if p.ndim >= 2)
+        return next(weights).dtype
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """open_clip's transform on each image (whole images; see :meth:`view_pixels`)."""
