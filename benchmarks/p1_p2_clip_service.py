@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import signal
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 
+from cdul.clip_service import launch
 from cdul.clip_service.client import SimilarityClient, label_set_ref
 from cdul.core.clip_models import create_clip
 from cdul.core.clip_scoring import ClipScorer, LabelSet
@@ -94,19 +92,11 @@ def main() -> None:
         return args.images / (time.perf_counter() - start)
 
     # The service runs in its own process, as it does for the labeler.
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("cdul")), "clip-serve", "--model", MODEL_NAME,
-         "--pretrained", checkpoint, "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "-1", "--max-batch", str(args.max_batch),
-         "--preprocess", args.preprocess],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    server, port = launch.spawn(
+        ["--model", MODEL_NAME, "--pretrained", checkpoint, "--metrics-port", "-1",
+         "--max-batch", str(args.max_batch), "--preprocess", args.preprocess],
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    port = None
-    while port is None and (line := server.stdout.readline()):
-        if "SERVING on port" in line:
-            port = int(line.split("SERVING on port")[1].split()[0])
-    if port is None:
-        raise SystemExit("cdul clip-serve did not start")
     results: dict[str, list[float]] = {"bare": [], "loop": [], "service": []}
     try:
         with SimilarityClient([f"127.0.0.1:{port}"]) as client:
@@ -131,8 +121,7 @@ def main() -> None:
                     client.global_similarity([("v", png(view))], ref)
             naive = args.naive_images / (time.perf_counter() - start)
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        launch.stop(server)
 
     medians = {name: statistics.median(values) for name, values in results.items()}
     medians["naive"] = naive

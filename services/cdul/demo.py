@@ -23,10 +23,10 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+from cdul.clip_service import launch
 from cdul.core.errors import CdulError
 
 REPO = Path(__file__).resolve().parents[2]
-CDUL = str(Path(sys.executable).with_name("cdul"))
 MODEL_NAME = "cdul"
 
 
@@ -63,7 +63,7 @@ def _stage(title: str) -> None:
 
 def _run(stage: str, args: list[str]) -> str:
     """Run a ``cdul`` job; its output (progress bars) goes to the terminal; stdout returned."""
-    process = subprocess.run([CDUL, *args], stdout=subprocess.PIPE, text=True)
+    process = subprocess.run([launch.CDUL, *args], stdout=subprocess.PIPE, text=True)
     sys.stdout.write(process.stdout)
     if process.returncode != 0:
         command = " ".join(args)
@@ -73,48 +73,15 @@ def _run(stage: str, args: list[str]) -> str:
 
 def _start_clip_service(stack: ExitStack, clip: dict[str, str], log: Path) -> str:
     handle = stack.enter_context(log.open("w"))
-    process = subprocess.Popen(
-        [
-            CDUL,
-            "clip-serve",
-            "--model",
-            clip["clip_model"],
-            "--pretrained",
-            clip["clip_pretrained"],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--grace",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=handle,
-        text=True,
-    )
-
-    def stop() -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    stack.callback(stop)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            raise DemoError(f"the CLIP service exited (code {process.returncode}); see {log}")
-        if "SERVING on port" in line:
-            port = int(line.split("SERVING on port")[1].split()[0])
-            print(f"CLIP similarity service SERVING on 127.0.0.1:{port} (log: {log})")
-            return f"127.0.0.1:{port}"
-    raise DemoError(f"the CLIP service did not come up within 180 s; see {log}")
+    args = ["--model", clip["clip_model"], "--pretrained", clip["clip_pretrained"],
+            "--metrics-port", "-1", "--grace", "5"]  # fmt: skip
+    try:
+        process, port = launch.spawn(args, stderr=handle)
+    except launch.ClipServiceStartError as error:
+        raise DemoError(f"{error}; see {log}") from None
+    stack.callback(launch.stop, process)
+    print(f"CLIP similarity service SERVING on 127.0.0.1:{port} (log: {log})")
+    return f"127.0.0.1:{port}"
 
 
 def _best_threshold(probabilities, truth) -> float:

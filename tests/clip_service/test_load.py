@@ -2,15 +2,12 @@
 on a `cdul clip-serve` process under load."""
 
 import io
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,6 +16,7 @@ from PIL import Image
 
 from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
+from cdul.clip_service import launch
 from cdul.clip_service.client import label_set_ref
 from cdul.clip_service.server import ServerConfig, SimilarityServer
 from cdul.world.generator import make_scene
@@ -84,21 +82,12 @@ def test_32_clients_2000_requests_10_percent_malformed(world_clip):
 
 
 def test_sigterm_under_load_finishes_accepted_requests(world_clip, tmp_path):
-    cdul = str(Path(sys.executable).with_name("cdul"))
-    process = subprocess.Popen(
-        [cdul, "clip-serve", "--model", "cdul-tiny-rn", "--pretrained", str(world_clip),
-         "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--grace", "20"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ},
+    process, port = launch.spawn(
+        ["--model", "cdul-tiny-rn", "--pretrained", str(world_clip), "--metrics-port", "-1",
+         "--grace", "20"],
+        stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        port = None
-        deadline = time.monotonic() + 120
-        while port is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if "SERVING on port" in line:
-                port = int(line.split("SERVING on port")[1].split()[0])
-        assert port, "server did not start"
         stub = pb_grpc.SimilarityStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         labels = label_set_ref(list(SHAPES))
         data = _png(make_scene(6, 0).image)
@@ -127,4 +116,5 @@ def test_sigterm_under_load_finishes_accepted_requests(world_clip, tmp_path):
         assert set(results) <= {"ok", "UNAVAILABLE"}
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
+            process.wait()

@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import grpc
 
@@ -25,6 +24,7 @@ from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
 from cdul.core.clip_scoring import DEFAULT_TEMPLATE
 from cdul.core.errors import CdulError
+from cdul.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -36,19 +36,6 @@ class SimilarityServiceError(CdulError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 5.0
-
-    def backoffs(self) -> Iterator[float]:
-        delay = self.initial_backoff_s
-        for _ in range(self.attempts - 1):
-            yield delay
-            delay = min(delay * 2, self.max_backoff_s)
 
 
 def label_set_ref(classes: Sequence[str], template: str = DEFAULT_TEMPLATE) -> pb.LabelSetRef:
@@ -81,7 +68,7 @@ class SimilarityClient:
         self._stubs = [pb_grpc.SimilarityStub(c) for c in self._channels]
         self._next = itertools.count()
         self.deadline_s = deadline_s
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(attempts=6, initial_backoff_s=0.2, max_backoff_s=5.0)
 
     def close(self) -> None:
         for channel in self._channels:
