@@ -17,7 +17,6 @@ import json
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from contextlib import ExitStack
@@ -201,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = [json.loads(line) for line in lines if line.strip()]
 
         _stage("5/6 TorchServe (token auth on) with the exported archive")
-        local_store = Path(tempfile.mkdtemp(prefix="model-store-", dir=workdir))
+        local_store = workdir / "model-store"  # TorchServe reads a local directory; reused
+        local_store.mkdir(exist_ok=True)
         store.read_file(f"model-store/{MODEL_NAME}.mar", local_store / f"{MODEL_NAME}.mar")
         config = REPO / "deploy" / "torchserve" / "config.properties"
         server = LocalTorchServe(
