@@ -30,11 +30,11 @@ def cdul_process(args: list[str], log_path) -> subprocess.Popen:
         )
 
 
-def assert_complete_objects(store):
+def assert_complete_objects(store, part: int = PART):
     """Every object a killed run left behind reads whole (no half object looks complete)."""
     for key in store.list(f"{PREFIX}/"):
         if key.endswith(".parquet"):
-            assert read_table(store, key).num_rows <= PART or "/shards/" in key
+            assert read_table(store, key).num_rows <= part or "/shards/" in key
         else:
             store.read_json(key)
     if store.exists(MANIFEST):  # only once every part and the shard are there
@@ -54,33 +54,38 @@ def assert_same_labels(a, b):
 
 def test_sigkill_at_random_points_then_rerun_equals_an_unbroken_run(make_config, s3_env,
                                                                     tmp_path):  # fmt: skip
-    config = make_config(f"{s3_env}/killed", limit=IMAGES, part_size=PART)
-    _, unbroken, _ = label(make_config(f"{s3_env}/unbroken", limit=IMAGES, part_size=PART))
+    # Small parts and few requests in flight: the child writes a part every few ms at
+    # most, so a kill a few parts after a random target lands mid-run on a slow or a
+    # fast machine alike (with 4-image parts and 32 in flight a fast child finished the
+    # whole shard inside the kill delay, and the resume path went untested).
+    part = 2
+    config = make_config(f"{s3_env}/killed", limit=IMAGES, part_size=part, max_in_flight=2)
+    _, unbroken, _ = label(make_config(f"{s3_env}/unbroken", limit=IMAGES, part_size=part))
     store = open_store(config.output)
     argv = ["label", config.dataset, "-o", config.output, "--endpoint", config.endpoints[0],
-            "--snippets", config.snippet_spec, "--limit", str(IMAGES), "--part-size", str(PART),
-            "--no-progress"]  # fmt: skip
+            "--snippets", config.snippet_spec, "--limit", str(IMAGES), "--part-size", str(part),
+            "--max-in-flight", "2", "--no-progress"]  # fmt: skip
     parts_prefix = f"{PREFIX}/parts/"
     rng = random.Random(20231)
-    target = 0
     for kill in range(3):
-        target += rng.randint(1, 6)  # kill once this many parts exist, plus a random delay
+        # each run must write new parts of its own before it is killed
+        target = len(store.list(parts_prefix)) + rng.randint(1, 8)
         child = cdul_process(argv, tmp_path / "label.log")
         try:
             deadline = time.monotonic() + 90
             while len(store.list(parts_prefix)) < target:
                 assert child.poll() is None, (tmp_path / "label.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "the labeler made no progress"
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0, 0.3))
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.03))
             assert child.poll() is None, f"kill {kill}: the run ended before it could be killed"
             child.send_signal(signal.SIGKILL)
         finally:
             child.kill()
             child.wait(timeout=30)
         assert child.returncode == -signal.SIGKILL
-        assert_complete_objects(store)
-        assert not store.exists(MANIFEST)
+        assert_complete_objects(store, part)
+        assert not store.exists(MANIFEST), f"kill {kill} came after the whole run"
     child = cdul_process(argv, tmp_path / "label.log")
     assert child.wait(timeout=120) == 0, (tmp_path / "label.log").read_text()[-3000:]
     log = (tmp_path / "label.log").read_text()
