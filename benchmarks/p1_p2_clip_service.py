@@ -58,6 +58,12 @@ def main() -> None:
         choices=["pil", "tensor"],
         help="CLIP preprocessing, the same in-process and in the service",
     )
+    parser.add_argument(
+        "--preprocess-in",
+        default="auto",
+        choices=["auto", "requests", "batcher"],
+        help="the service's --preprocess-in (auto: batcher on a CPU)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians kept")
     args = parser.parse_args()
 
@@ -94,7 +100,8 @@ def main() -> None:
     # The service runs in its own process, as it does for the labeler.
     server, port = launch.spawn(
         ["--model", MODEL_NAME, "--pretrained", checkpoint, "--metrics-port", "-1",
-         "--max-batch", str(args.max_batch), "--preprocess", args.preprocess],
+         "--max-batch", str(args.max_batch), "--preprocess", args.preprocess,
+         "--preprocess-in", args.preprocess_in],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     results: dict[str, list[float]] = {"bare": [], "loop": [], "service": []}

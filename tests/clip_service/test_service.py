@@ -19,6 +19,7 @@ from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, l
 from cdul.clip_service.server import ServerConfig, SimilarityServer
 from cdul.clip_service.servicer import Limits
 from cdul.core.clip_models import register_project_configs
+from cdul.core.errors import ConfigError
 from cdul.world.generator import make_scene
 from cdul.world.shapes import SHAPES
 
@@ -114,6 +115,31 @@ def test_global_and_snippet_answers_match_open_clip(client, reference):
     expected_agg = torch.where(alpha >= 0.5, alpha, beta)
     assert torch.allclose(torch.tensor(snippet.aggregate), expected_agg, atol=1e-4)
     assert torch.allclose(torch.tensor(getattr(snippet, "global").probability), prob[0], atol=1e-4)
+
+
+def test_preprocessing_in_request_threads_gives_the_same_answers(server, client, world_clip):
+    # A CPU server preprocesses on the batcher's worker by default; a GPU server does it in
+    # the request threads. Both places must give the same numbers.
+    assert server.preprocess_in == "batcher"
+    config = ServerConfig(model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1",
+                          port=0, metrics_port=None, preprocess_in="requests")  # fmt: skip
+    other = SimilarityServer(config).start()
+    try:
+        with SimilarityClient([f"127.0.0.1:{other.port}"], deadline_s=30) as other_client:
+            labels = label_set_ref(CLASSES)
+            images = [(f"s{i}", encode(make_scene(2, i).image)) for i in range(3)]
+            ours = {a.id: a for a in client.score_stream(images, labels, "grid:2x2")}
+            theirs = {b.id: b for b in other_client.score_stream(images, labels, "grid:2x2")}
+            assert sorted(ours) == sorted(theirs) == ["s0", "s1", "s2"]
+            for name, a in ours.items():
+                b = theirs[name]
+                assert not a.error and not b.error
+                assert torch.allclose(torch.tensor(a.alpha), torch.tensor(b.alpha), atol=1e-6)
+                assert torch.allclose(torch.tensor(a.beta), torch.tensor(b.beta), atol=1e-6)
+    finally:
+        other.stop(grace_s=1.0)
+    with pytest.raises(ConfigError, match="preprocess_in"):
+        SimilarityServer(ServerConfig(port=0, metrics_port=None, preprocess_in="gpu"))
 
 
 def test_stream_answers_every_image_with_per_item_errors(client):

@@ -1,4 +1,5 @@
-"""The batched tensor preprocessing stays close to open_clip's exact PIL transform."""
+"""CLIP preprocessing: the PIL path is open_clip's transform bit for bit; the batched
+tensor path stays close to it."""
 
 import pytest
 import torch
@@ -26,6 +27,27 @@ def test_tensor_views_match_pil_views(clip, size, spec):
     diff = (fast - exact).abs()
     # Same geometry; torch's bicubic kernel (a = -0.75) differs slightly from PIL's (-0.5).
     assert diff.mean() < 0.01 and diff.max() < 0.1
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+@pytest.mark.parametrize("size", [(500, 375), (97, 130)])
+def test_pil_views_equal_open_clips_transform_bit_for_bit(clip, mode, size):
+    # pil_views runs to-tensor + normalise once on all views: the same bits as
+    # open_clip's transform applied to each view.
+    image = make_scene(0, 5).image.resize(size).convert(mode)
+    boxes = parse_snippet_spec("grid:3x3").boxes(*image.size)
+    views = [image, *(image.crop(b) for b in boxes)]
+    assert torch.equal(pil_views(clip.preprocess, image, boxes),
+                       torch.stack([clip.preprocess(v) for v in views]))  # fmt: skip
+
+
+def test_pil_views_with_any_other_transform_apply_it_per_view():
+    def transform(view):
+        return torch.full((3, 2, 2), float(view.width))
+
+    image = Image.new("RGB", (40, 20))
+    out = pil_views(transform, image, [(0, 0, 10, 10), (10, 0, 30, 20)])
+    assert out[:, 0, 0, 0].tolist() == [40.0, 10.0, 20.0]
 
 
 def test_global_only_and_unequal_boxes(clip):

@@ -1,7 +1,21 @@
 """A dynamic batcher: packs the views of concurrent requests into one encoder forward.
 
-Request threads submit the preprocessed views of one image (the whole image and its
-snippets) and wait on a future. One worker thread takes the oldest job, then keeps
+Request threads submit the views of one image (the whole image and its snippets) and
+wait on a future. The views come preprocessed, or as a function that preprocesses them:
+the worker then calls it just before the forward. On a CPU-only server that is faster
+(the encoder's intra-op threads and the preprocessing no longer fight over the same
+cores, see ``benchmarks/p1_p2_clip_service.py``); on a GPU, request threads preprocess
+while the device encodes.
+
+The worker is the service's one torch thread: :meth:`DynamicBatcher.call` runs other
+torch work on it (loading the model, encoding a new label set's prompts). Why: with
+PyTorch's OpenMP backend every thread that runs a parallel op gets its own OpenMP team,
+and once libgomp manages more threads than there are cores it stops spin-waiting
+between parallel regions; every op of the encoder then pays a futex wake-up. Measured
+on 2 cores: the tiny CLIP encoder at 2.3 ms/image on the thread that loaded it, 3.5
+ms/image on a second thread. Other threads of the service therefore run torch with one
+intra-op thread (:func:`single_threaded_torch`, a thread-pool initializer): they then
+never start an OpenMP team. One worker thread takes the oldest job, then keeps
 taking jobs until ``max_batch`` views are gathered or ``max_wait_ms`` has passed since
 the first, runs the encoder once per ``max_batch`` views, and hands each job its rows.
 The queue is bounded in views: a submit that would exceed ``max_queue_views`` fails at
@@ -16,8 +30,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+
+def single_threaded_torch() -> None:
+    """Make the calling thread run torch ops inline (no OpenMP team of its own)."""
+    torch.set_num_threads(1)  # per thread: OpenMP's nthreads ICV and MKL's local setting
 
 
 class QueueFullError(RuntimeError):
@@ -28,10 +48,21 @@ class BatcherClosedError(RuntimeError):
     """The batcher is shutting down and takes no new work."""
 
 
+T = TypeVar("T")
+Pixels = torch.Tensor | Callable[[], torch.Tensor]
+
+
 @dataclass
 class _Job:
-    pixels: torch.Tensor
+    pixels: Pixels
+    views: int
     future: Future[torch.Tensor]
+
+    def materialize(self) -> torch.Tensor:
+        pixels = self.pixels() if callable(self.pixels) else self.pixels
+        if pixels.shape[0] != self.views:
+            raise ValueError(f"{pixels.shape[0]} views prepared, {self.views} announced")
+        return pixels
 
 
 class DynamicBatcher:
@@ -51,6 +82,7 @@ class DynamicBatcher:
         self.max_queue_views = max_queue_views
         self._on_batch = on_batch
         self._jobs: collections.deque[_Job] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[], object], Future]] = collections.deque()
         self._queued_views = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -61,10 +93,16 @@ class DynamicBatcher:
     def queued_views(self) -> int:
         return self._queued_views
 
-    def submit(self, pixels: torch.Tensor) -> Future[torch.Tensor]:
-        """Queue ``(n, 3, H, W)`` pixels; the future resolves to ``(n, D)`` embeddings."""
+    def submit(self, pixels: Pixels, views: int | None = None) -> Future[torch.Tensor]:
+        """Queue ``(n, 3, H, W)`` pixels, or a function returning them (then ``views`` = n);
+        the future resolves to ``(n, D)`` embeddings, or to the function's exception."""
         future: Future[torch.Tensor] = Future()
-        n = int(pixels.shape[0])
+        if callable(pixels):
+            if views is None or views < 1:
+                raise ValueError("a pixel function needs the number of views it will return")
+            n = views
+        else:
+            n = int(pixels.shape[0])
         with self._cond:
             if self._closed:
                 raise BatcherClosedError("the similarity service is shutting down")
@@ -73,8 +111,18 @@ class DynamicBatcher:
                     f"queue full: {self._queued_views} views waiting, this request adds {n}, "
                     f"limit {self.max_queue_views}; retry with backoff"
                 )
-            self._jobs.append(_Job(pixels, future))
+            self._jobs.append(_Job(pixels, n, future))
             self._queued_views += n
+            self._cond.notify()
+        return future
+
+    def call(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run ``fn(*args)`` on the worker thread, before the next batch."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closed:
+                raise BatcherClosedError("the similarity service is shutting down")
+            self._calls.append((lambda: fn(*args), future))
             self._cond.notify()
         return future
 
@@ -85,12 +133,17 @@ class DynamicBatcher:
             self._cond.notify_all()
         self._worker.join(timeout)
 
-    def _take_batch(self) -> list[_Job] | None:
+    def _take_work(self) -> tuple[list[tuple[Callable[[], object], Future]], list[_Job]] | None:
+        """Calls waiting (run first, at once), or a batch of jobs; None once closed and idle."""
         with self._cond:
-            while not self._jobs:
+            while not self._jobs and not self._calls:
                 if self._closed:
                     return None
                 self._cond.wait()
+            if self._calls:
+                calls = list(self._calls)
+                self._calls.clear()
+                return calls, []
             deadline = time.monotonic() + self.max_wait_s
             while self._queued_views < self.max_batch and not self._closed:
                 remaining = deadline - time.monotonic()
@@ -99,29 +152,42 @@ class DynamicBatcher:
                 self._cond.wait(remaining)
             jobs, views = [], 0
             # Always take at least one job, however large; then fill up to max_batch.
-            while self._jobs and (
-                not jobs or views + self._jobs[0].pixels.shape[0] <= self.max_batch
-            ):
+            while self._jobs and (not jobs or views + self._jobs[0].views <= self.max_batch):
                 job = self._jobs.popleft()
                 jobs.append(job)
-                views += int(job.pixels.shape[0])
+                views += job.views
             self._queued_views -= views
-            return jobs
+            return [], jobs
 
     def _run(self) -> None:
-        while (jobs := self._take_batch()) is not None:
+        while (work := self._take_work()) is not None:
+            calls, jobs = work
+            for fn, future in calls:
+                try:
+                    future.set_result(fn())
+                except Exception as error:
+                    future.set_exception(error)
+            if jobs:
+                self._encode_batch(jobs)
+
+    def _encode_batch(self, jobs: list[_Job]) -> None:
+        ready: list[tuple[_Job, torch.Tensor]] = []
+        for job in jobs:
             try:
-                pixels = torch.cat([job.pixels for job in jobs])
-                embeddings = torch.cat(
-                    [self._encode(chunk) for chunk in pixels.split(self.max_batch)]
-                )
-                if self._on_batch is not None:
-                    self._on_batch(int(pixels.shape[0]))
-            except Exception as error:  # every waiter must hear about it
-                for job in jobs:
-                    job.future.set_exception(error)
-                continue
-            for job, rows in zip(
-                jobs, embeddings.split([int(j.pixels.shape[0]) for j in jobs]), strict=True
-            ):
-                job.future.set_result(rows)
+                ready.append((job, job.materialize()))
+            except Exception as error:  # one bad image fails its own request only
+                job.future.set_exception(error)
+        if not ready:
+            return
+        try:
+            pixels = torch.cat([p for _, p in ready])
+            embeddings = torch.cat([self._encode(chunk) for chunk in pixels.split(self.max_batch)])
+            if self._on_batch is not None:
+                self._on_batch(int(pixels.shape[0]))
+        except Exception as error:  # every waiter must hear about it
+            for job, _ in ready:
+                job.future.set_exception(error)
+            return
+        sizes = [job.views for job, _ in ready]
+        for (job, _), rows in zip(ready, embeddings.split(sizes), strict=True):
+            job.future.set_result(rows)

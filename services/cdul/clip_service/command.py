@@ -29,6 +29,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="pil: open_clip's exact transform per view; tensor: batched crop+resize on the "
         "device (auto: tensor on CUDA, pil on CPU)",
     )
+    parser.add_argument(
+        "--preprocess-in",
+        default="auto",
+        choices=["auto", "requests", "batcher"],
+        help="where views are preprocessed: request threads (overlaps a GPU's forward) or the "
+        "batcher's worker between forwards (a CPU encoder needs every core); auto: batcher on "
+        "CPU, requests on CUDA",
+    )
     parser.add_argument("--max-batch", type=int, default=64, help="views per encoder forward")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="batch fill wait")
     parser.add_argument("--max-queue-views", type=int, default=8192, help="then RESOURCE_EXHAUSTED")
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         preprocess=args.preprocess,
+        preprocess_in=args.preprocess_in,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue_views=args.max_queue_views,

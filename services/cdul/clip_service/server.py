@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 
 from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
-from cdul.clip_service.batcher import DynamicBatcher
+from cdul.clip_service.batcher import DynamicBatcher, single_threaded_torch
 from cdul.clip_service.metrics import ServiceMetrics
 from cdul.clip_service.servicer import Limits, SimilarityServicer
 from cdul.core.clip_models import create_clip
@@ -43,6 +43,10 @@ class ServerConfig:
     device: str = "auto"  # auto: CUDA when present
     precision: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     preprocess: str = "auto"  # auto: "tensor" (batched on the device) on CUDA, "pil" on CPU
+    # Where views are preprocessed: "requests" (request threads, overlapping the device's
+    # forward), "batcher" (the batcher's worker, between forwards: on a CPU the encoder
+    # needs every core), or auto: batcher on CPU, requests on CUDA.
+    preprocess_in: str = "auto"
     max_batch: int = 64
     max_wait_ms: float = 5.0
     max_queue_views: int = 8192
@@ -52,6 +56,9 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     limits: Limits = field(default_factory=Limits)
+
+
+PREPROCESS_IN = ("requests", "batcher")
 
 
 def resolve_device(device: str, precision: str, preprocess: str) -> tuple[str, str, str]:
@@ -76,10 +83,22 @@ class SimilarityServer:
         self.device, self.precision, self.preprocess = resolve_device(
             config.device, config.precision, config.preprocess
         )
+        self.preprocess_in = config.preprocess_in
+        if self.preprocess_in == "auto":
+            self.preprocess_in = "batcher" if self.device == "cpu" else "requests"
+        if self.preprocess_in not in PREPROCESS_IN:
+            raise ConfigError(
+                f"preprocess_in must be auto or one of {PREPROCESS_IN}, "
+                f"got {config.preprocess_in!r}"
+            )
         self.metrics = ServiceMetrics()
         limit = config.max_message_mb * 1024 * 1024
         self.grpc_server = grpc.server(
-            ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="clip-rpc"),
+            ThreadPoolExecutor(
+                max_workers=config.workers,
+                thread_name_prefix="clip-rpc",
+                initializer=single_threaded_torch,
+            ),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -121,8 +140,9 @@ class SimilarityServer:
         self.grpc_server.start()
         log.info("listening on %s:%d; loading %s (%s)", self.config.host, self.port,
                  self.config.model, self.config.pretrained)  # fmt: skip
-        clip = create_clip(self.config.model, self.config.pretrained, self.device, self.precision)
-        scorer = ClipScorer(clip, self.device, self.preprocess)
+        # The batcher's worker is the one thread that runs torch (see batcher.py): the
+        # model loads there too.
+        scorer: ClipScorer | None = None
 
         def encode(pixels: torch.Tensor) -> torch.Tensor:
             return scorer.encode(pixels, batch_size=self.config.max_batch)
@@ -134,14 +154,33 @@ class SimilarityServer:
             max_queue_views=self.config.max_queue_views,
             on_batch=self.metrics.batch_size.observe,
         )
+
+        def load() -> ClipScorer:
+            clip = create_clip(self.config.model, self.config.pretrained, self.device,
+                               self.precision)  # fmt: skip
+            return ClipScorer(clip, self.device, self.preprocess)
+
+        try:
+            scorer = self.batcher.call(load).result()
+        except BaseException:
+            self.batcher.close()
+            raise
         self.metrics.queue_depth.set_function(lambda: self.batcher.queued_views)
-        servicer = SimilarityServicer(scorer, self.batcher, self.metrics, self.config.limits,
-                                      self.device, self.precision)  # fmt: skip
+        servicer = SimilarityServicer(
+            scorer,
+            self.batcher,
+            self.metrics,
+            self.config.limits,
+            self.device,
+            self.precision,
+            preprocess_in_batcher=self.preprocess_in == "batcher",
+        )
         self.gate.target = servicer
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("SERVING %s on port %d (device %s, %s)", clip.name, self.port, self.device,
-                 self.precision)  # fmt: skip
+        log.info("SERVING %s on port %d (device %s, %s, %s preprocessing in the %s)",
+                 scorer.clip.name, self.port, self.device, self.precision, self.preprocess,
+                 self.preprocess_in)  # fmt: skip
         return self
 
     def stop(self, grace_s: float | None = None) -> None:

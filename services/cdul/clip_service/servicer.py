@@ -1,10 +1,12 @@
 """The Similarity servicer: decode once, crop server-side, batch, answer Eq. 1-6.
 
 Each request thread decodes its image once (the project's one decoder, with the pixel
-limit), cuts snippets from the full-resolution image, preprocesses every view and
-hands them to the dynamic batcher; the equations come from :mod:`cdul.core.method`
-through :class:`~cdul.core.clip_scoring.ClipScorer`. Every failure a client can cause
-is INVALID_ARGUMENT (or NOT_FOUND / RESOURCE_EXHAUSTED) with a message naming it.
+limit) and hands it to the dynamic batcher, which cuts the snippets from the
+full-resolution image and preprocesses every view (in the request thread on a GPU
+server, in the batcher's worker just before the forward on a CPU-only one); the
+equations come from :mod:`cdul.core.method` through
+:class:`~cdul.core.clip_scoring.ClipScorer`. Every failure a client can cause is
+INVALID_ARGUMENT (or NOT_FOUND / RESOURCE_EXHAUSTED) with a message naming it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ import torch
 
 from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
-from cdul.clip_service.batcher import BatcherClosedError, DynamicBatcher, QueueFullError
+from cdul.clip_service.batcher import (
+    BatcherClosedError,
+    DynamicBatcher,
+    QueueFullError,
+    single_threaded_torch,
+)
 from cdul.clip_service.metrics import ServiceMetrics
 from cdul.core.clip_scoring import DEFAULT_TEMPLATE, ClipScorer, LabelSet
 from cdul.core.errors import ConfigError
 from cdul.core.images import ImageDecodeError, decode_image
 from cdul.core.method.aggregation import aggregate
-from cdul.core.method.snippets import parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import SnippetSpec, parse_snippet_spec, snippet_count
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +87,19 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         limits: Limits,
         device: str,
         precision: str,
+        preprocess_in_batcher: bool = False,
     ) -> None:
         self.scorer = scorer
+        self.preprocess_in_batcher = preprocess_in_batcher
         self.batcher = batcher
         self.metrics = metrics
         self.limits = limits
         self._device, self._precision = device, precision
         self._label_sets: collections.OrderedDict[str, LabelSet] = collections.OrderedDict()
         self._label_lock = threading.Lock()
-        self._stream_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="clip-stream")
+        self._stream_pool = ThreadPoolExecutor(
+            max_workers=8, thread_name_prefix="clip-stream", initializer=single_threaded_torch
+        )
 
     # -- helpers --------------------------------------------------------------------
 
@@ -118,7 +129,14 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                     self._label_sets.popitem(last=False)
         else:
             raise _invalid("no label set: set labels.value (classes + template) or labels.digest")
-        return labels, self.scorer.text_embeddings(labels)
+        text = self.scorer.cached_text_embeddings(labels)
+        if text is None:  # a new label set: its prompts are encoded on the torch thread
+            try:
+                future = self.batcher.call(self.scorer.text_embeddings, labels)
+            except BatcherClosedError as error:
+                raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+            text = future.result(timeout=self.limits.result_timeout_s)
+        return labels, text
 
     def _decode(self, image: pb.Image):
         name = image.id or "<unnamed image>"
@@ -127,17 +145,22 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         except ImageDecodeError as error:
             raise _invalid(str(error)) from None
 
-    def _submit(self, pixels: torch.Tensor) -> Future[torch.Tensor]:
+    def _submit(self, images: list, spec: SnippetSpec | None, views: int) -> Future[torch.Tensor]:
+        """Queue the views of ``images`` (with ``spec``'s snippets) for the encoder."""
+
+        def pixels() -> torch.Tensor:
+            views = [self.scorer.view_pixels(image, spec) for image in images]
+            return views[0] if len(views) == 1 else torch.cat(views)
+
         try:
-            return self.batcher.submit(pixels)
+            if self.preprocess_in_batcher:
+                return self.batcher.submit(pixels, views=views)
+            return self.batcher.submit(pixels())
         except QueueFullError as error:
             self.metrics.queue_full.inc()
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except BatcherClosedError as error:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
-
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._submit(pixels).result(timeout=self.limits.result_timeout_s)
 
     def _snippet_prepare(self, request: pb.SnippetRequest) -> _Prepared:
         """Validate, decode once, cut and preprocess, and queue the views for encoding."""
@@ -158,7 +181,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                 f"{spec} cuts {count} snippets from the {image.width}x{image.height} image "
                 f"{request.image.id!r}, over the limit of {self.limits.max_snippets} per request"
             )
-        embeddings = self._submit(self.scorer.view_pixels(image, spec))
+        embeddings = self._submit([image], spec, 1 + count)
         self.metrics.images.inc()
         self.metrics.snippets.inc(count)
         boxes = spec.boxes(*image.size) if request.include_snippets else []
@@ -245,7 +268,9 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                     f"{self.limits.max_images_per_request}"
                 )
             images = [self._decode(image) for image in request.images]
-            embeddings = self._encode(torch.cat([self.scorer.view_pixels(i, None) for i in images]))
+            embeddings = self._submit(images, None, len(images)).result(
+                timeout=self.limits.result_timeout_s
+            )
             self.metrics.images.inc(len(images))
             cosine, scores = self.scorer.score_global(embeddings, text)
             return pb.GlobalResponse(

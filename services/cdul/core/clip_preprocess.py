@@ -4,9 +4,11 @@ Two ways to turn the views of one image (the whole image + its snippets) into CL
 input, selected by name:
 
 ``pil``
-    open_clip's own transform, one view at a time (PIL bicubic resize of the shorter
-    side, centre crop, normalise). Bit-for-bit what ``open_clip`` computes; the default
-    on CPU and what every equality test uses.
+    open_clip's own transform (PIL bicubic resize of the shorter side, centre crop,
+    normalise). Bit-for-bit what ``open_clip`` computes; the default on CPU and what
+    every equality test uses. The PIL steps run one view at a time; the to-tensor and
+    normalise steps run once on all views of the image (the same elementwise float ops,
+    so the same bits, without a few dozen small tensor calls per view).
 
 ``tensor``
     The image is decoded once, moved to the device once, and all snippets (which share
@@ -24,7 +26,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.transform import MaybeToTensor
 from PIL import Image
+from torchvision.transforms import Normalize, ToTensor
 
 from cdul.core.errors import ConfigError
 
@@ -81,11 +85,40 @@ class TensorPreprocess:
         return ((batch - self.mean) / self.std).to(self.dtype)
 
 
+def _split_transform(preprocess: Callable) -> tuple[list[Callable], Normalize] | None:
+    """``(PIL steps, Normalize)`` when ``preprocess`` is ``Compose([*PIL steps, ToTensor,
+    Normalize])`` (open_clip's eval transform), else None."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if (
+        len(steps) >= 2
+        and type(steps[-2]) in (ToTensor, MaybeToTensor)
+        and type(steps[-1]) is Normalize
+        and not steps[-1].inplace
+    ):
+        return steps[:-2], steps[-1]
+    return None
+
+
 def pil_views(
     preprocess: Callable[[Image.Image], torch.Tensor], image: Image.Image, boxes: Sequence[Box]
 ) -> torch.Tensor:
     """open_clip's transform on the whole image and each crop: ``(1 + len(boxes), 3, S, S)``."""
-    return torch.stack([preprocess(view) for view in [image, *(image.crop(b) for b in boxes)]])
+    views = [image, *(image.crop(b) for b in boxes)]
+    split = _split_transform(preprocess)
+    if split is None:
+        return torch.stack([preprocess(view) for view in views])
+    pil_steps, normalize = split
+    for step in pil_steps:
+        views = [step(view) for view in views]
+    if any(v.mode != "RGB" or v.size != views[0].size for v in views):
+        return torch.stack([preprocess(view) for view in [image, *(image.crop(b) for b in boxes)]])
+    # torchvision's to_tensor and normalize, on all views at once: uint8 HWC -> float CHW
+    # / 255, then (x - mean) / std per channel.
+    pixels = torch.from_numpy(np.stack([np.asarray(v, dtype=np.uint8) for v in views]))
+    pixels = pixels.permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+    mean = torch.as_tensor(normalize.mean, dtype=pixels.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(normalize.std, dtype=pixels.dtype).view(1, -1, 1, 1)
+    return pixels.sub_(mean).div_(std)
 
 
 PREPROCESSORS = ("pil", "tensor")

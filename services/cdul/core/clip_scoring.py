@@ -109,6 +109,11 @@ class ClipScorer:
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.float().cpu()
 
+    def cached_text_embeddings(self, labels: LabelSet) -> torch.Tensor | None:
+        """The label set's prompt embeddings if already computed, else None."""
+        with self._text_lock:
+            return self._text_cache.get(labels.digest())
+
     @torch.inference_mode()
     def text_embeddings(self, labels: LabelSet) -> torch.Tensor:
         """``(C, D)`` prompt embeddings, computed once per label set."""
