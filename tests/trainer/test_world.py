@@ -19,7 +19,10 @@ from conftest import REPO, cdul_command, run_cdul, subprocess_env, write_labels
 
 from cdul.cli import main
 from cdul.core.classifier import build_classifier
+from cdul.core.datasets import open_dataset
+from cdul.core.evaluation import best_f1_threshold
 from cdul.core.storage import open_store
+from cdul.core.transforms import eval_transform
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +131,25 @@ def test_export_loads_with_weights_only(compared, tmp_path):
     model.load_state_dict(state)  # strict: every key, the right head
 
 
+def test_archive_threshold_is_the_best_micro_f1_on_val(compared, world_root, tmp_path):
+    # Recomputed independently: the exported weights, the evaluation transform, the val
+    # scenes' ground truth, then the threshold search.
+    store = open_store(compared["final"])
+    config = json.loads(store.read_text("model-store/cdul_classifier.json"))
+    store.read_file("model-store/classifier.pt", tmp_path / "w.pt")
+    model = build_classifier("resnet18", 12)
+    model.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+    model.eval()
+    val = open_dataset(f"voc:{world_root}:val")
+    transform = eval_transform(config["image_size"])
+    with torch.no_grad():
+        pixels = torch.stack([transform(val.load(i).image) for i in range(len(val))])
+        probabilities = torch.sigmoid(model(pixels))
+    threshold, f1 = best_f1_threshold(probabilities, val.ground_truth_matrix())
+    assert config["threshold"] == pytest.approx(threshold)
+    assert threshold != 0.5 and f1 > 0.3  # soft pseudo labels: 0.5 is not the best here
+
+
 def test_killed_run_resumes_to_the_unbroken_result(
     world_labels, world_root, world_backbone, tmp_path
 ):
@@ -147,11 +169,14 @@ def test_killed_run_resumes_to_the_unbroken_result(
     try:
         deadline = time.monotonic() + 240
         checkpoint = broken / "training" / "checkpoint.pt"
-        while not checkpoint.exists():  # wait for epoch 1's checkpoint ...
+        metrics = broken / "training" / "metrics.jsonl"
+        while not (checkpoint.exists() and metrics.exists()):  # wait for epoch 1 ...
             assert child.poll() is None, child.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(2.0)  # ... and kill it inside epoch 2
+            time.sleep(0.05)
+        # ... and kill it inside epoch 2: 40% of an epoch later (a fixed 2 s outlasted
+        # the whole epoch on a quiet machine)
+        time.sleep(0.4 * read_metrics(f"file://{broken}")[-1]["seconds"])
         assert child.poll() is None, "the run finished before it could be killed"
         os.killpg(child.pid, signal.SIGKILL)
     finally:
@@ -170,6 +195,20 @@ def test_killed_run_resumes_to_the_unbroken_result(
     b = torch.load(tmp_path / "unbroken" / "training" / "checkpoint.pt", weights_only=True)
     assert torch.equal(a["latent"], b["latent"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    # No --val: nothing to calibrate the threshold on. It is a runtime setting: rerunning
+    # the finished run with --threshold only exports again.
+    def threshold() -> float:
+        config = open_store(unbroken).read_text("model-store/cdul_classifier.json")
+        return json.loads(config)["threshold"]
+
+    assert threshold() == 0.5
+    again = run_cdul(*args, "--output", unbroken, "--threshold", "0.3")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert threshold() == 0.3
+    assert without_timing(read_metrics(unbroken)) == without_timing(
+        read_metrics(f"file://{broken}")
+    )
 
 
 def test_ddp_two_processes_gloo(world_labels, world_root, world_backbone, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cdul.core.evaluation import evaluate, format_table
+from cdul.core.evaluation import best_f1_threshold, evaluate, format_table
 
 SCORES = torch.tensor(
     [[0.9, 0.2, 0.5], [0.8, 0.7, 0.4], [0.3, 0.6, 0.3], [0.1, 0.4, 0.2]]
@@ -61,3 +61,18 @@ def test_table_has_a_column_per_result():
 def test_bad_input_errors(scores, targets, classes, message):
     with pytest.raises(ValueError, match=message):
         evaluate(scores, targets, classes)
+
+
+def test_best_f1_threshold_by_hand():
+    # 4 positives: (0,a) (0,b) (1,b) (2,a).
+    # t=0.25: 9 predicted, TP 3 ((0,b) is 0.2) -> F1 6/13; t=0.45: 5 predicted, TP 2 -> 4/9;
+    # t=0.65: 3 predicted (0.9, 0.8, 0.7), TP 2 -> 4/7;  t=0.85: 1 predicted, TP 1 -> 2/5.
+    threshold, f1 = best_f1_threshold(SCORES, TARGETS, grid=(0.25, 0.45, 0.65, 0.85))
+    assert threshold == 0.65 and f1 == pytest.approx(4 / 7)
+
+
+def test_best_f1_threshold_ties_take_the_lowest_and_shapes_are_checked():
+    # nothing is ever predicted: every threshold scores 0, the grid's first (0.05) wins
+    assert best_f1_threshold(torch.zeros(4, 3), TARGETS) == (0.05, 0.0)
+    with pytest.raises(ValueError, match="must both be"):
+        best_f1_threshold(SCORES[:, :2], TARGETS)

@@ -76,6 +76,37 @@ def evaluate(scores: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]
     )
 
 
+#: Candidate decision thresholds for :func:`best_f1_threshold`: 0.05, 0.10, ..., 0.95.
+THRESHOLD_GRID = tuple(round(step / 20, 2) for step in range(1, 20))
+
+
+def best_f1_threshold(
+    probabilities: torch.Tensor, targets: torch.Tensor, grid: Sequence[float] = THRESHOLD_GRID
+) -> tuple[float, float]:
+    """``(threshold, micro-F1)``: the one decision threshold for every class, from
+    ``grid``, whose labels ``probabilities >= threshold`` have the best micro-F1
+    (2 TP / (predicted positives + actual positives)) against multi-hot ``targets``;
+    the first such threshold in ``grid`` on a tie (the lowest, for the default grid).
+    Classifiers trained on soft pseudo labels give soft probabilities, so 0.5 is rarely
+    the best choice."""
+    if probabilities.dim() != 2 or probabilities.shape != targets.shape:
+        raise ValueError(
+            f"probabilities {tuple(probabilities.shape)} and targets {tuple(targets.shape)} "
+            "must both be (images, classes)"
+        )
+    if not grid:
+        raise ValueError("no candidate thresholds")
+    actual = targets > 0
+    best, best_f1 = float(grid[0]), -1.0
+    for threshold in grid:
+        predicted = probabilities >= threshold
+        true_positives = float((predicted & actual).sum())
+        f1 = 2 * true_positives / max(float(predicted.sum() + actual.sum()), 1.0)
+        if f1 > best_f1:
+            best, best_f1 = float(threshold), f1
+    return best, best_f1
+
+
 def format_table(results: dict[str, Evaluation], digits: int = 3) -> str:
     """A per-class AP table with one column per result (e.g. global / aggregate / final)."""
     if not results:

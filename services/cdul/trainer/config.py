@@ -24,7 +24,7 @@ LABEL_VECTORS = ("final", "global", "aggregate")
 #: study's code) or an eval-mode pass over the training images after the epoch.
 UPDATE_LOGITS = ("step", "eval")
 #: Settings that may change between a run and its resumption.
-RUNTIME_FIELDS = frozenset({"epochs", "num_workers", "progress", "archive", "device"})
+RUNTIME_FIELDS = frozenset({"epochs", "num_workers", "progress", "archive", "device", "threshold"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,9 @@ class TrainConfig:
     progress: bool = True
     archive: bool = True
     model_name: str = "cdul"
+    #: The served classifier's default decision threshold; None: the one with the best
+    #: micro-F1 on ``val`` (when it has ground truth), else 0.5.
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in SUPPORTED_ARCHS:
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ConfigError("--label-step, --warmup-epochs and --num-workers must be >= 0")
         if self.update_logits not in UPDATE_LOGITS:
             raise ConfigError(f"--update-logits must be one of {', '.join(UPDATE_LOGITS)}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -168,6 +173,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-archive", dest="archive", action="store_false", help="skip the TorchServe .mar"
     )
     run.add_argument("--model-name", default="cdul", help="TorchServe model name")
+    run.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the archive's default decision threshold (default: the best micro-F1 on --val "
+        "when it has ground truth, else 0.5)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:

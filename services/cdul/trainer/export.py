@@ -3,7 +3,8 @@
 - ``classifier.pt``: the state_dict alone (loads with ``torch.load(weights_only=True)``
   into ``cdul.core.classifier.build_classifier(arch, len(classes))``);
 - ``classes.txt``: the class names, one per line, in logit order;
-- ``cdul_classifier.json``: the serving config (arch, classes, image size, mean/std);
+- ``cdul_classifier.json``: the serving config (arch, classes, image size, mean/std,
+  default decision threshold);
 - ``<model name>.mar``: the TorchServe archive, built by the serving package's
   :func:`cdul.serving.archive.build_archive` with its handler.
 """
@@ -32,6 +33,7 @@ def export(
     classes: list[str],
     image_size: int,
     model_name: str,
+    threshold: float = 0.5,
     archive: bool = True,
 ) -> list[str]:
     """Write the model store's objects; returns their keys."""
@@ -43,6 +45,7 @@ def export(
         image_size=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
+        threshold=threshold,
     )
     written = []
     with tempfile.TemporaryDirectory(prefix="cdul-export-") as tmp:

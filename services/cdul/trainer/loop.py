@@ -40,7 +40,7 @@ from tqdm import tqdm
 from cdul import __version__
 from cdul.core.classifier import build_classifier
 from cdul.core.errors import ConfigError
-from cdul.core.evaluation import evaluate
+from cdul.core.evaluation import best_f1_threshold, evaluate
 from cdul.core.method.alignment import align_latent, bernoulli_kl, from_latent, to_latent
 from cdul.core.storage import ObjectStore, open_store
 from cdul.trainer import checkpoint, distributed
@@ -285,6 +285,7 @@ class Trainer:
                     "labels_updated": False,
                 }
             )
+        val_probabilities: torch.Tensor | None = None  # the last epoch's, for the threshold
         for epoch in range(self.start_epoch, config.epochs):
             started = time.perf_counter()
             loss, train_logits = self.train_epoch(epoch)
@@ -306,7 +307,8 @@ class Trainer:
                                 "using rank 0's", env.rank, drift)  # fmt: skip
             val_map = None
             if self.data.val is not None:
-                val_map = self._map(torch.sigmoid(self.predict(self.data.val)), self.data.val_truth)
+                val_probabilities = torch.sigmoid(self.predict(self.data.val))
+                val_map = self._map(val_probabilities, self.data.val_truth)
             truth = self.data.ground_truth
             row = {
                 "epoch": epoch + 1,
@@ -322,15 +324,30 @@ class Trainer:
                 self._save(epoch + 1)
                 log.info("epoch %d/%d: %s", epoch + 1, config.epochs, _summary(row))
             distributed.barrier(env)
+        threshold = self._threshold(val_probabilities)  # every rank: predict() gathers
         if env.is_main:
             keys = export(
                 self.store, self.module.state_dict(), arch=config.arch,
                 classes=self.data.classes, image_size=config.image_size,
-                model_name=config.model_name, archive=config.archive,
+                model_name=config.model_name, threshold=threshold, archive=config.archive,
             )  # fmt: skip
             log.info("exported %s", ", ".join(self.store.uri_for(k) for k in keys))
         distributed.barrier(env)
         return self.history
+
+    def _threshold(self, val_probabilities: torch.Tensor | None) -> float:
+        """The archive's default decision threshold (see ``TrainConfig.threshold``)."""
+        if self.config.threshold is not None:
+            return self.config.threshold
+        if self.data.val is None or self.data.val_truth is None:
+            log.info("decision threshold 0.5 (no validation ground truth to calibrate it on)")
+            return 0.5
+        if val_probabilities is None:  # a finished run resumed: no epoch ran now
+            val_probabilities = torch.sigmoid(self.predict(self.data.val))
+        threshold, f1 = best_f1_threshold(val_probabilities, self.data.val_truth)
+        log.info("decision threshold %.2f: best micro-F1 %.3f on %d validation images",
+                 threshold, f1, len(val_probabilities))  # fmt: skip
+        return threshold
 
     def _write_record(self) -> None:
         manifest = self.data.labels.manifest
