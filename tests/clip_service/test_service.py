@@ -3,6 +3,7 @@ independent reference computed with open_clip directly (not through cdul's score
 
 import io
 import random
+import time
 import urllib.request
 
 import grpc
@@ -140,6 +141,38 @@ def test_preprocessing_in_request_threads_gives_the_same_answers(server, client,
         other.stop(grace_s=1.0)
     with pytest.raises(ConfigError, match="preprocess_in"):
         SimilarityServer(ServerConfig(port=0, metrics_port=None, preprocess_in="gpu"))
+
+
+def test_streams_spread_over_every_address_of_one_target(server, world_clip):
+    # One endpoint naming two servers (as dns:/// does for a Kubernetes headless Service):
+    # with several streams, round-robin balancing puts them on both.
+    config = ServerConfig(model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1",
+                          port=0, metrics_port=0)  # fmt: skip
+    other = SimilarityServer(config).start()
+
+    def stream_answers(port: int) -> float:
+        url = f"http://127.0.0.1:{port}/metrics"
+        return _requests(urllib.request.urlopen(url).read().decode()).get(("ScoreStream", "OK"), 0)
+
+    try:
+        before = [stream_answers(server.metrics_port), stream_answers(other.metrics_port)]
+        target = f"ipv4:127.0.0.1:{server.port},127.0.0.1:{other.port}"
+        images = [(f"s{i}", encode(make_scene(3, i).image)) for i in range(24)]
+        with SimilarityClient([target], deadline_s=30, streams_per_endpoint=4) as spread:
+            # The first call connects to every address; round-robin picks only among the
+            # connected ones, as the labeler's start-up check gives it time to.
+            spread.model_info()
+            time.sleep(0.5)
+            answers = list(spread.score_stream(images, label_set_ref(CLASSES), "grid:2x2", 2))
+        assert sorted(a.id for a in answers) == sorted(i for i, _ in images)
+        assert not any(a.error for a in answers)
+        after = [stream_answers(server.metrics_port), stream_answers(other.metrics_port)]
+        served = [a - b for a, b in zip(after, before, strict=True)]
+        assert sum(served) == 24 and min(served) > 0, served
+    finally:
+        other.stop(grace_s=1.0)
+    with pytest.raises(ValueError, match="streams_per_endpoint"):
+        SimilarityClient(["127.0.0.1:1"], streams_per_endpoint=0)
 
 
 def test_stream_answers_every_image_with_per_item_errors(client):

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.slow
 
 def test_end_to_end_on_the_world_matches_open_clip(make_config, s3_env, world_root, reference,
                                                    capsys):  # fmt: skip
-    result, labels, evaluation = label(make_config(s3_env, snippet_spec="grid:3x3", limit=300))
+    # Two streams to the one server: answers come back interleaved, matched by image id.
+    config = make_config(s3_env, snippet_spec="grid:3x3", limit=300, streams_per_endpoint=2)
+    result, labels, evaluation = label(config)
     assert result.images == 300 and result.labeled_now == 300 and not result.skipped
     store = open_store(s3_env)
     m = LabelManifest.from_json(store.read_json(MANIFEST))

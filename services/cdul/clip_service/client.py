@@ -3,7 +3,12 @@
 - Deadlines on every call; retries with exponential backoff on UNAVAILABLE (and
   RESOURCE_EXHAUSTED, which the server answers when its queue is full).
 - Several endpoints, round-robin: unary calls rotate; :meth:`score_stream` spreads the
-  images over one stream per endpoint.
+  images over ``streams_per_endpoint`` streams per endpoint.
+- An endpoint may name several servers: gRPC's own target syntax
+  (``dns:///clip-service-headless:51000`` for every address a Kubernetes headless
+  Service resolves to, ``ipv4:10.0.0.1:51000,10.0.0.2:51000``). Channels balance
+  calls round-robin over the addresses, so with several streams per endpoint the
+  streams land on different replicas (one stream is one call: it stays on one).
 - Streaming with a bounded number of requests in flight per stream: the request
   iterator waits until an answer frees a slot, so memory stays bounded however many
   images are sent.
@@ -50,13 +55,18 @@ class SimilarityClient:
         retry: RetryPolicy | None = None,
         max_message_mb: int = 32,
         credentials: grpc.ChannelCredentials | None = None,
+        streams_per_endpoint: int = 1,
     ) -> None:
         if not endpoints:
             raise ValueError("give at least one CLIP service endpoint (host:port)")
+        if streams_per_endpoint < 1:
+            raise ValueError(f"streams_per_endpoint must be >= 1, got {streams_per_endpoint}")
         limit = max_message_mb * 1024 * 1024
         options = [
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # Every address a target resolves to, in turn (gRPC's default picks the first).
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         make = (
             (lambda e: grpc.secure_channel(e, credentials, options))
@@ -67,6 +77,7 @@ class SimilarityClient:
         self._channels = [make(e) for e in self.endpoints]
         self._stubs = [pb_grpc.SimilarityStub(c) for c in self._channels]
         self._next = itertools.count()
+        self.streams_per_endpoint = streams_per_endpoint
         self.deadline_s = deadline_s
         self.retry = retry or RetryPolicy(attempts=6, initial_backoff_s=0.2, max_backoff_s=5.0)
 
@@ -134,21 +145,27 @@ class SimilarityClient:
         spec: str = "grid:3x3",
         max_in_flight: int = 32,
     ) -> Iterator[pb.SnippetResponse]:
-        """Global + snippet scores for every image, spread over the endpoints.
+        """Global + snippet scores for every image, spread over the endpoints' streams
+        (``max_in_flight`` requests outstanding on each).
 
         Answers come as they arrive (use ``response.id`` to match them); a bad image is
         an answer with ``error`` set, not an exception. A stream that fails with
         UNAVAILABLE is reopened and its unanswered images are sent again.
         """
         answers: queue.Queue = queue.Queue()
-        work: queue.Queue = queue.Queue(maxsize=max_in_flight * len(self._stubs))
+        streams = [
+            (stub, endpoint)
+            for stub, endpoint in zip(self._stubs, self.endpoints, strict=True)
+            for _ in range(self.streams_per_endpoint)
+        ]
+        work: queue.Queue = queue.Queue(maxsize=max_in_flight * len(streams))
         done = object()
 
         def feed() -> None:
             for image_id, data in images:
                 work.put(pb.SnippetRequest(labels=labels, image=pb.Image(id=image_id, data=data),
                                            snippet_spec=spec))  # fmt: skip
-            for _ in self._stubs:
+            for _ in streams:
                 work.put(done)
 
         def drive(stub: pb_grpc.SimilarityStub, endpoint: str) -> None:
@@ -160,13 +177,12 @@ class SimilarityClient:
                 answers.put(done)
 
         threads = [threading.Thread(target=feed, daemon=True)] + [
-            threading.Thread(target=drive, args=(stub, ep), daemon=True)
-            for stub, ep in zip(self._stubs, self.endpoints, strict=True)
+            threading.Thread(target=drive, args=stream, daemon=True) for stream in streams
         ]
         for thread in threads:
             thread.start()
         finished = 0
-        while finished < len(self._stubs):
+        while finished < len(streams):
             item = answers.get()
             if item is done:
                 finished += 1

@@ -39,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--endpoint",
         action="append",
         default=None,
-        help="CLIP service host:port; repeat for several (default: $CDUL_CLIP_ENDPOINTS, "
-        "comma-separated, else 127.0.0.1:51000)",
+        help="CLIP service host:port, or a gRPC target naming several servers "
+        "(dns:///clip-service-headless:51000); repeat for several (default: "
+        "$CDUL_CLIP_ENDPOINTS, comma-separated, else 127.0.0.1:51000)",
     )
     parser.add_argument("--snippets", default="grid:3x3", help="grid:RxC or patch:K[/S]")
     parser.add_argument("--zeta", type=float, default=DEFAULT_ZETA, help="Eq. 6 threshold")
@@ -58,7 +59,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--part-size", type=int, default=64, help="images per atomic part (the most a kill loses)"
     )
     parser.add_argument(
-        "--max-in-flight", type=int, default=32, help="requests outstanding per endpoint"
+        "--max-in-flight", type=int, default=32, help="requests outstanding per stream"
+    )
+    parser.add_argument(
+        "--streams-per-endpoint",
+        type=int,
+        default=1,
+        help="ScoreStream calls per endpoint; each goes to the next address of a target "
+        "that resolves to several (spreads one labeler over the CLIP replicas)",
     )
     parser.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable images and report them"
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         else _env_int("CDUL_NUM_SHARDS", 1),
         part_size=args.part_size,
         max_in_flight=args.max_in_flight,
+        streams_per_endpoint=args.streams_per_endpoint,
         skip_bad=args.skip_bad,
         limit=args.limit,
         wait_for_service_s=args.wait_for_service,

@@ -14,8 +14,9 @@ When every part is there, the shard table and then the shard manifest are writte
 the parts are deleted. A finished shard is skipped on rerun. Parts are the job's
 scratch space: readers of the artefact only ever look at shards named by manifests.
 
-One ``ScoreStream`` per endpoint carries the whole shard with ``max_in_flight``
-requests outstanding, so the service's batcher always has work. Answers are
+``streams_per_endpoint`` ``ScoreStream`` calls per endpoint (default one) carry the
+whole shard with ``max_in_flight`` requests outstanding on each, so the service's
+batcher always has work. Answers are
 aggregated here (Eq. 6-7) from the service's global scores and alpha/beta (Eq. 1-5).
 """
 
@@ -80,6 +81,7 @@ class LabelConfig:
     num_shards: int = 1
     part_size: int = 64
     max_in_flight: int = 32
+    streams_per_endpoint: int = 1
     skip_bad: bool = False
     limit: int | None = None
     wait_for_service_s: float = 60.0
@@ -130,8 +132,10 @@ class ShardJob:
     """Label one shard of ``config`` into ``config.output``."""
 
     def __init__(self, config: LabelConfig, client: SimilarityClient, source: ImageSource) -> None:
-        if config.part_size < 1 or config.max_in_flight < 1:
-            raise ConfigError("--part-size and --max-in-flight must be >= 1")
+        if config.part_size < 1 or config.max_in_flight < 1 or config.streams_per_endpoint < 1:
+            raise ConfigError(
+                "--part-size, --max-in-flight and --streams-per-endpoint must be >= 1"
+            )
         self.config = config
         self.client = client
         self.source = source
@@ -376,7 +380,8 @@ def label(config: LabelConfig) -> tuple[ShardResult, PseudoLabels | None, dict |
 
     source = open_source(config.dataset, classes=config.classes, skip_bad=config.skip_bad,
                          limit=config.limit)  # fmt: skip
-    with SimilarityClient(list(config.endpoints), deadline_s=config.deadline_s) as client:
+    with SimilarityClient(list(config.endpoints), deadline_s=config.deadline_s,
+                          streams_per_endpoint=config.streams_per_endpoint) as client:  # fmt: skip
         job = ShardJob(config, client, source)
         result = job.run()
     if config.num_shards > 1:
