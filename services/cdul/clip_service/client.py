@@ -192,6 +192,10 @@ class SimilarityClient:
                 yield item
 
     def _drive_stream(self, stub, endpoint, work, answers, done, max_in_flight) -> None:
+        # The retry budget counts failures in a row: a stream that got an answer since
+        # its last failure starts afresh, so a long run survives any number of replica
+        # restarts, while a server that never answers still fails after the policy's
+        # attempts.
         backoffs = self.retry.backoffs()
         resend: list[pb.SnippetRequest] = []
         exhausted = False
@@ -200,11 +204,14 @@ class SimilarityClient:
             in_flight: dict[str, list[pb.SnippetRequest]] = {}
             lock = threading.Lock()
             state = {"exhausted": exhausted}
+            answered = False
 
             try:
                 for response in stub.ScoreStream(
                     _requests(resend, slots, state, lock, in_flight, work, done), timeout=None
                 ):
+                    if not answered:
+                        answered, backoffs = True, self.retry.backoffs()
                     with lock:
                         queued = in_flight.get(response.id)
                         if queued:

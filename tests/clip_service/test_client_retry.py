@@ -1,0 +1,80 @@
+"""The client's stream retries: dropped streams are reopened and unanswered images resent.
+
+The server here is a real gRPC server with a scripted Similarity servicer instead of the
+CLIP service: a real CLIP server cannot be made to drop a stream after exactly N answers,
+again and again, and the client's bookkeeping is what is under test.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
+from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
+from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
+from cdul.core.retry import RetryPolicy
+
+FAST = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
+
+
+class DroppingServicer(pb_grpc.SimilarityServicer):
+    """Answers each image with its id; ends every stream with UNAVAILABLE after
+    ``answers_per_stream`` answers (0: at once, every time)."""
+
+    def __init__(self, answers_per_stream: int) -> None:
+        self.answers_per_stream = answers_per_stream
+        self.streams = 0
+        self.sent: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def ScoreStream(self, request_iterator, context):
+        with self.lock:
+            self.streams += 1
+        for answered, request in enumerate(request_iterator):
+            if answered == self.answers_per_stream:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "replica restarting")
+            with self.lock:
+                self.sent[request.image.id] += 1
+            yield pb.SnippetResponse(id=request.image.id, snippet_count=1)
+        if self.answers_per_stream == 0:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "replica restarting")
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(servicer: DroppingServicer) -> str:
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_SimilarityServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(0)
+
+
+def test_a_stream_dropped_more_often_than_the_retry_budget_completes_while_it_progresses(serve):
+    servicer = DroppingServicer(answers_per_stream=3)
+    images = [(f"img{i:02d}", b"bytes") for i in range(30)]
+    with SimilarityClient([serve(servicer)], retry=FAST) as client:
+        answers = list(client.score_stream(images, label_set_ref(["a"]), max_in_flight=4))
+    assert sorted(a.id for a in answers) == [i for i, _ in images]  # each exactly once
+    assert servicer.streams >= 10  # dropped ~10 times against a budget of 2 retries
+    assert set(servicer.sent.values()) == {1}
+
+
+def test_a_stream_that_never_answers_gives_up_after_the_retry_budget(serve):
+    servicer = DroppingServicer(answers_per_stream=0)
+    client = SimilarityClient([serve(servicer)], retry=FAST)
+    with client, pytest.raises(SimilarityServiceError, match=r"UNAVAILABLE.*replica restarting"):
+        list(client.score_stream([("img", b"bytes")], label_set_ref(["a"])))
+    assert servicer.streams == FAST.attempts
