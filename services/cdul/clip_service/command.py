@@ -49,6 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdul.clip_service.launch import READY
     from cdul.clip_service.server import ServerConfig, SimilarityServer
 
     config = ServerConfig(
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"cdul clip-serve: SERVING on port {server.port} (metrics port {server.metrics_port})",
+    print(f"cdul clip-serve: {READY} {server.port} (metrics port {server.metrics_port})",
           flush=True)  # fmt: skip
     stop.wait()
     server.stop()

@@ -203,14 +203,15 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         )
         if request.HasField("zeta"):
             response.aggregate.extend(aggregate(scored.alpha, scored.beta, request.zeta).tolist())
-        for box, cos, prob in zip(
-            prepared.boxes, scored.snippet_cosine, scored.snippet_scores, strict=False
-        ):
-            left, top, right, bottom = box
-            response.snippets.add(
-                box=pb.Box(left=left, top=top, right=right, bottom=bottom),
-                scores=_scores(cos, prob),
-            )
+        if request.include_snippets:
+            for box, cos, prob in zip(
+                prepared.boxes, scored.snippet_cosine, scored.snippet_scores, strict=True
+            ):
+                left, top, right, bottom = box
+                response.snippets.add(
+                    box=pb.Box(left=left, top=top, right=right, bottom=bottom),
+                    scores=_scores(cos, prob),
+                )
         return response
 
     def _snippet_answer(self, request: pb.SnippetRequest) -> pb.SnippetResponse:

@@ -21,6 +21,7 @@ input, selected by name:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -85,7 +86,8 @@ class TensorPreprocess:
         return ((batch - self.mean) / self.std).to(self.dtype)
 
 
-def _split_transform(preprocess: Callable) -> tuple[list[Callable], Normalize] | None:
+@functools.lru_cache(maxsize=16)  # one per loaded model; asked once per image
+def _split_transform(preprocess: Callable) -> tuple[tuple[Callable, ...], Normalize] | None:
     """``(PIL steps, Normalize)`` when ``preprocess`` is ``Compose([*PIL steps, ToTensor,
     Normalize])`` (open_clip's eval transform), else None."""
     steps = list(getattr(preprocess, "transforms", []))
@@ -95,7 +97,7 @@ def _split_transform(preprocess: Callable) -> tuple[list[Callable], Normalize] |
         and type(steps[-1]) is Normalize
         and not steps[-1].inplace
     ):
-        return steps[:-2], steps[-1]
+        return tuple(steps[:-2]), steps[-1]
     return None
 
 
@@ -103,15 +105,16 @@ def pil_views(
     preprocess: Callable[[Image.Image], torch.Tensor], image: Image.Image, boxes: Sequence[Box]
 ) -> torch.Tensor:
     """open_clip's transform on the whole image and each crop: ``(1 + len(boxes), 3, S, S)``."""
-    views = [image, *(image.crop(b) for b in boxes)]
+    crops = [image, *(image.crop(b) for b in boxes)]
     split = _split_transform(preprocess)
     if split is None:
-        return torch.stack([preprocess(view) for view in views])
+        return torch.stack([preprocess(view) for view in crops])
     pil_steps, normalize = split
+    views = crops
     for step in pil_steps:
         views = [step(view) for view in views]
     if any(v.mode != "RGB" or v.size != views[0].size for v in views):
-        return torch.stack([preprocess(view) for view in [image, *(image.crop(b) for b in boxes)]])
+        return torch.stack([preprocess(view) for view in crops])
     # torchvision's to_tensor and normalize, on all views at once: uint8 HWC -> float CHW
     # / 255, then (x - mean) / std per channel.
     pixels = torch.from_numpy(np.stack([np.asarray(v, dtype=np.uint8) for v in views]))

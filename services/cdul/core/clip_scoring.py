@@ -9,6 +9,7 @@ independent reference use them directly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Sequence
@@ -57,6 +58,10 @@ class LabelSet:
 
     def digest(self) -> str:
         """A stable hash naming this label set (cache key, wire reference)."""
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> str:  # asked for several times per request: hashed once
         text = "\x1f".join((self.template, *self.classes))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
