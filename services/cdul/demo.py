@@ -98,9 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
     from cdul.core.datasets import open_dataset
     from cdul.core.evaluation import evaluate
-    from cdul.core.pseudo_labels import EVALUATION_JSON
+    from cdul.core.pseudo_labels import EVALUATION_JSON, MANIFEST
     from cdul.core.storage import open_store
     from cdul.serving.local import LocalTorchServe
+    from cdul.trainer.export import PREFIX as MODEL_STORE
+    from cdul.trainer.loop import CURVES_KEY, METRICS_KEY
 
     started = time.monotonic()
     workdir = args.workdir.resolve()
@@ -183,13 +185,14 @@ def run(args: argparse.Namespace) -> int:
                 str(args.warmup_epochs),
             ],
         )
-        lines = store.read_text("training/metrics.jsonl").splitlines()
+        lines = store.read_text(METRICS_KEY).splitlines()
         metrics = [json.loads(line) for line in lines if line.strip()]
 
         _stage("5/6 TorchServe (token auth on) with the exported archive")
+        archive = f"{MODEL_STORE}/{MODEL_NAME}.mar"
         local_store = workdir / "model-store"  # TorchServe reads a local directory; reused
         local_store.mkdir(exist_ok=True)
-        store.read_file(f"model-store/{MODEL_NAME}.mar", local_store / f"{MODEL_NAME}.mar")
+        store.read_file(archive, local_store / f"{MODEL_NAME}.mar")
         config = REPO / "deploy" / "torchserve" / "config.properties"
         server = LocalTorchServe(
             local_store,
@@ -242,11 +245,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print("artefacts:")
     artefacts = (
-        ("pseudo labels", "pseudo_labels/manifest.json"),
+        ("pseudo labels", MANIFEST),
         ("label evaluation", EVALUATION_JSON),
-        ("metrics", "training/metrics.jsonl"),
-        ("curves", "training/curves.png"),
-        ("archive", f"model-store/{MODEL_NAME}.mar"),
+        ("metrics", METRICS_KEY),
+        ("curves", CURVES_KEY),
+        ("archive", archive),
     )
     for what, key in artefacts:
         print(f"  {what:<17}{store.uri_for(key)}")

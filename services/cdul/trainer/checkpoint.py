@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdul.core.errors import StorageError
+from cdul.core.errors import ObjectNotFoundError, StorageError
 from cdul.core.storage import ObjectStore
 
 CHECKPOINT_KEY = "training/checkpoint.pt"
@@ -85,11 +85,12 @@ def save(store: ObjectStore, payload: dict[str, Any]) -> None:
 
 def load(store: ObjectStore) -> dict[str, Any] | None:
     """The run's checkpoint, or None when there is none yet."""
-    if not store.exists(CHECKPOINT_KEY):
-        return None
     with tempfile.TemporaryDirectory(prefix="cdul-ckpt-") as tmp:
         path = os.path.join(tmp, "checkpoint.pt")
-        store.read_file(CHECKPOINT_KEY, path)
+        try:  # one request: no separate existence check
+            store.read_file(CHECKPOINT_KEY, path)
+        except ObjectNotFoundError:
+            return None
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:

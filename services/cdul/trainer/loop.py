@@ -107,6 +107,11 @@ def load_backbone(model: nn.Module, weights: str, arch: str) -> str:
     return source
 
 
+def autocast(device_type: str, amp: bool) -> torch.autocast | nullcontext:
+    """fp16 autocast when ``amp`` (training and prediction alike), else nothing."""
+    return torch.autocast(device_type, dtype=torch.float16) if amp else nullcontext()
+
+
 def train_step(
     model: nn.Module,
     optimiser: torch.optim.Optimizer,
@@ -116,9 +121,7 @@ def train_step(
     amp: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One supervised step on pseudo labels; returns (loss, logits), both detached."""
-    device_type = pixels.device.type
-    autocast = torch.autocast(device_type, dtype=torch.float16) if amp else nullcontext()
-    with autocast:
+    with autocast(pixels.device.type, amp):
         logits = model(pixels)
     loss = bernoulli_kl(targets, logits.float())
     optimiser.zero_grad(set_to_none=True)
@@ -255,9 +258,8 @@ class Trainer:
         self.model.eval()
         loader = self._loader(images, shuffle=False, batch_size=max(self.config.batch_size, 32))
         seen, kept = [], []
-        autocast = torch.autocast(self.env.device.type, dtype=torch.float16)
         for pixels, index in loader:
-            with autocast if self.amp else nullcontext():
+            with autocast(self.env.device.type, self.amp):
                 logits = self.module(self._to_device(pixels))
             seen.append(index)
             kept.append(logits.float().cpu())
