@@ -35,8 +35,9 @@ import torch
 from cdul.clip_service import launch
 from cdul.clip_service.client import SimilarityClient, label_set_ref
 from cdul.core.clip_models import create_clip
-from cdul.core.clip_scoring import ClipScorer, LabelSet
+from cdul.core.clip_scoring import ClipScorer
 from cdul.core.images import decode_image
+from cdul.core.label_set import LabelSet
 from cdul.core.method.snippets import crop_snippets, parse_snippet_spec
 from cdul.world.generator import make_scene
 from cdul.world.shapes import SHAPES

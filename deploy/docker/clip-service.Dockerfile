@@ -1,37 +1,48 @@
 # syntax=docker/dockerfile:1
 # CLIP similarity service (`cdul clip-serve`): gRPC 51000, Prometheus metrics 9100.
 #
-# Build from the repository root:  docker build -f deploy/docker/clip-service.Dockerfile -t cdul/clip-service:0.1.0 .
+# Build from the repository root (`make images` builds every image; see the README):
+#   docker build -f deploy/docker/clip-service.Dockerfile -t cdul/clip-service:0.1.0 .
 #
-# The CUDA PyTorch base: torch 2.14.1+cu130 from PyPI, whose wheels carry the CUDA 13.0
-# runtime, cuDNN and NCCL as pip packages (nvidia-*-cu13), on the official Python 3.11
-# slim image. The node only needs the NVIDIA driver and container toolkit. The
-# pytorch/pytorch images are not used: none matches the project's pins (Python 3.11,
-# torch 2.14.1, torchvision 0.29.1) and reinstalling torch on top of one doubles the
-# CUDA libraries. The same image runs on CPU (`--device auto`).
-# Bases are pinned by tag; pin by digest in your registry mirror (`docker buildx
-# imagetools inspect python:3.11.13-slim-bookworm`), none is stated here unverified.
+# torch 2.14.1 from PyPI, whose wheels carry the CUDA 13.0 runtime, cuDNN and NCCL as pip
+# packages (nvidia-*-cu13), on the official Python 3.11 slim image. The node only needs the
+# NVIDIA driver and container toolkit. The pytorch/pytorch images are not used: none
+# matches the project's pins (Python 3.11, torch 2.14.1, torchvision 0.29.1) and
+# reinstalling torch on top of one doubles the CUDA libraries. The same image runs on CPU
+# (`--device auto`). Bases are pinned by tag; pin by digest in your registry mirror
+# (`docker buildx imagetools inspect python:3.11.13-slim-bookworm`): none is stated here
+# unverified. Machines that reach no registry build PYTHON_IMAGE with
+# deploy/base/build-local-base.sh.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG TORCH_INDEX_URL=
 
-FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-# Dependencies first (cached while only the code changes), then the package itself.
-COPY pyproject.toml README.md ./
-COPY services ./services
-RUN pip install .
-
+# ---- shared layers: these lines are the same in every image's Dockerfile (a test checks),
+# so Docker builds them once and every image shares them, torch included (~6 GB with CUDA).
 FROM ${PYTHON_IMAGE}
+# Where pip finds packages: PyPI unless these build arguments say otherwise (`make images
+# PACKAGES=host` serves this machine's local package indexes on loopback through them).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+COPY pyproject.toml /src/pyproject.toml
+# torch and torchvision alone first, at the versions pyproject.toml pins (the one place
+# the pins live). TORCH_INDEX_URL adds an index such as PyTorch's CPU wheels.
+ARG TORCH_INDEX_URL
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} $(python -c "import tomllib; print(*(d for d in tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
+# ---- end of the shared layers
+
 RUN groupadd --gid 10001 cdul \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/cdul --shell /usr/sbin/nologin cdul
-COPY --from=build /opt/venv /opt/venv
+# The package with only its component's extra (pyproject.toml), then the sources go.
+COPY README.md /src/README.md
+COPY services /src/services
+RUN pip install "/src[clip-service]" && rm -rf /src
 # Caches go to /tmp (an emptyDir under a read-only root filesystem); nothing is
 # downloaded at start when --pretrained names a local checkpoint (e.g. on a PVC).
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    HOME=/home/cdul \
+ENV HOME=/home/cdul \
     XDG_CACHE_HOME=/tmp/cache \
     HF_HUB_OFFLINE=1
 USER 10001:10001

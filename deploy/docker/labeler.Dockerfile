@@ -1,34 +1,41 @@
 # syntax=docker/dockerfile:1
 # Labeler (`cdul label`, `cdul label-merge`): a batch job calling the CLIP service over
-# gRPC and writing pseudo labels to the object store. No GPU: a slim Python base with
-# the CPU build of torch (the package imports torch for the equations; nothing heavy
-# runs here).
+# gRPC and writing pseudo labels to the object store. No GPU: by default the CPU build of
+# torch from PyTorch's index (the local version 2.14.1+cpu satisfies pyproject's ==2.14.1
+# and pip prefers it), which keeps the image free of CUDA libraries. Where that index is
+# out of reach, `--build-arg TORCH_INDEX_URL=` takes PyPI's (CUDA) build instead.
 #
-# Build from the repository root:  docker build -f deploy/docker/labeler.Dockerfile -t cdul/labeler:0.1.0 .
+# Build from the repository root (`make images` builds every image; see the README):
+#   docker build -f deploy/docker/labeler.Dockerfile -t cdul/labeler:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS build
-# The CPU wheels of torch/torchvision (same versions as pyproject.toml's pins; the
-# local version tag +cpu satisfies ==2.14.1) keep the image free of CUDA libraries.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY services ./services
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" "torch==2.14.1+cpu" "torchvision==0.29.1+cpu" \
- && pip install --extra-index-url "${TORCH_INDEX_URL}" .
 
+# ---- shared layers: these lines are the same in every image's Dockerfile (a test checks),
+# so Docker builds them once and every image shares them, torch included (~6 GB with CUDA).
 FROM ${PYTHON_IMAGE}
+# Where pip finds packages: PyPI unless these build arguments say otherwise (`make images
+# PACKAGES=host` serves this machine's local package indexes on loopback through them).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+COPY pyproject.toml /src/pyproject.toml
+# torch and torchvision alone first, at the versions pyproject.toml pins (the one place
+# the pins live). TORCH_INDEX_URL adds an index such as PyTorch's CPU wheels.
+ARG TORCH_INDEX_URL
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} $(python -c "import tomllib; print(*(d for d in tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
+# ---- end of the shared layers
+
 RUN groupadd --gid 10001 cdul \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/cdul --shell /usr/sbin/nologin cdul
-COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    HOME=/home/cdul \
-    XDG_CACHE_HOME=/tmp/cache \
-    MPLCONFIGDIR=/tmp/matplotlib
+# The package with only its component's extra (pyproject.toml), then the sources go.
+COPY README.md /src/README.md
+COPY services /src/services
+RUN pip install "/src[labeler]" && rm -rf /src
+ENV HOME=/home/cdul \
+    XDG_CACHE_HOME=/tmp/cache
 USER 10001:10001
 WORKDIR /home/cdul
 HEALTHCHECK NONE

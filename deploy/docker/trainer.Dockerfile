@@ -2,31 +2,41 @@
 # Trainer (`cdul train`): a batch job, no server. One process by default; several GPUs
 # with torchrun (the Kubernetes Job runs `torchrun --nproc-per-node N --no-python cdul train ...`).
 #
-# Build from the repository root:  docker build -f deploy/docker/trainer.Dockerfile -t cdul/trainer:0.1.0 .
+# Build from the repository root (`make images` builds every image; see the README):
+#   docker build -f deploy/docker/trainer.Dockerfile -t cdul/trainer:0.1.0 .
 #
-# The CUDA PyTorch base is the same as the CLIP service's: torch 2.14.1+cu130 from PyPI
-# (CUDA 13.0 runtime, cuDNN, NCCL as pip packages) on the official Python 3.11 slim
-# image; see clip-service.Dockerfile for why not a pytorch/pytorch tag.
+# torch as in the CLIP service's image (CUDA 13.0 wheels from PyPI on the official Python
+# 3.11 slim image); see clip-service.Dockerfile for why not a pytorch/pytorch tag.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+ARG TORCH_INDEX_URL=
 
-FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY services ./services
-RUN pip install .
-
+# ---- shared layers: these lines are the same in every image's Dockerfile (a test checks),
+# so Docker builds them once and every image shares them, torch included (~6 GB with CUDA).
 FROM ${PYTHON_IMAGE}
+# Where pip finds packages: PyPI unless these build arguments say otherwise (`make images
+# PACKAGES=host` serves this machine's local package indexes on loopback through them).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+COPY pyproject.toml /src/pyproject.toml
+# torch and torchvision alone first, at the versions pyproject.toml pins (the one place
+# the pins live). TORCH_INDEX_URL adds an index such as PyTorch's CPU wheels.
+ARG TORCH_INDEX_URL
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} $(python -c "import tomllib; print(*(d for d in tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
+# ---- end of the shared layers
+
 RUN groupadd --gid 10001 cdul \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/cdul --shell /usr/sbin/nologin cdul
-COPY --from=build /opt/venv /opt/venv
+# The package with only its component's extra (pyproject.toml), then the sources go.
+COPY README.md /src/README.md
+COPY services /src/services
+RUN pip install "/src[trainer]" && rm -rf /src
 # torchvision's ImageNet weights (--backbone-weights imagenet) would be fetched into
 # TORCH_HOME: offline clusters pass a state_dict path on a volume instead.
-ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    HOME=/home/cdul \
+ENV HOME=/home/cdul \
     XDG_CACHE_HOME=/tmp/cache \
     TORCH_HOME=/tmp/cache/torch \
     MPLCONFIGDIR=/tmp/matplotlib

@@ -307,6 +307,29 @@ def test_local_crash_mid_copy_leaves_no_partial_object(
     assert _temp_files(local.root) == []
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_local_objects_get_the_mode_the_umask_gives(
+    local: LocalStore, tmp_path: Path, umask: int
+) -> None:
+    """As any tool's new files do: mkstemp's 0600 made a model store that a job wrote
+    unreadable to TorchServe running as another user (found running the containers)."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"archive")
+    old = os.umask(umask)
+    try:
+        local.write_bytes("a/bytes.bin", b"1")
+        local.write_file("a/file.bin", source)
+        local.read_file("a/file.bin", tmp_path / "copied.bin")
+        (tmp_path / "plain.bin").write_bytes(b"made by open()")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain.bin").stat().st_mode & 0o777 == expected
+    for path in (local.root / "a" / "bytes.bin", local.root / "a" / "file.bin"):
+        assert path.stat().st_mode & 0o777 == expected, path
+    assert (tmp_path / "copied.bin").stat().st_mode & 0o777 == expected
+
+
 def test_local_leftover_temp_files_are_never_listed(local: LocalStore) -> None:
     local.write_bytes("a/b.bin", b"1")
     # What a writer killed by SIGKILL leaves behind.

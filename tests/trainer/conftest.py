@@ -34,8 +34,9 @@ class WorldLabels:
 
 def compute_world_labels(world_root: Path, world_clip: Path) -> WorldLabels:
     from cdul.core.clip_models import create_clip
-    from cdul.core.clip_scoring import ClipScorer, LabelSet
+    from cdul.core.clip_scoring import ClipScorer
     from cdul.core.datasets import open_dataset
+    from cdul.core.label_set import LabelSet
     from cdul.core.method.snippets import parse_snippet_spec
     from cdul.world.tiny_clip import MODEL_NAME
 

@@ -63,7 +63,8 @@ def test_half_precision_models_get_inputs_in_their_weight_dtype(preprocessor):
     # open_clip's bf16/fp16 precisions convert conv/linear weights only; the model's first
     # parameter stays fp32, so the input dtype must come from the image tower's weights
     # (a bug first seen on a GPU: "Input type (FloatTensor) and weight type (BFloat16)").
-    from cdul.core.clip_scoring import ClipScorer, LabelSet
+    from cdul.core.clip_scoring import ClipScorer
+    from cdul.core.label_set import LabelSet
 
     clip = create_clip("cdul-tiny-rn", None, "cpu", "bf16")
     assert next(clip.model.parameters()).dtype == torch.float32

@@ -27,8 +27,8 @@ import grpc
 
 from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
-from cdul.core.clip_scoring import DEFAULT_TEMPLATE
 from cdul.core.errors import CdulError
+from cdul.core.label_set import DEFAULT_TEMPLATE
 from cdul.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)

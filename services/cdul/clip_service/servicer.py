@@ -32,9 +32,10 @@ from cdul.clip_service.batcher import (
     single_threaded_torch,
 )
 from cdul.clip_service.metrics import ServiceMetrics
-from cdul.core.clip_scoring import DEFAULT_TEMPLATE, ClipScorer, LabelSet
+from cdul.core.clip_scoring import ClipScorer
 from cdul.core.errors import ConfigError
 from cdul.core.images import ImageDecodeError, decode_image
+from cdul.core.label_set import DEFAULT_TEMPLATE, LabelSet
 from cdul.core.method.aggregation import aggregate
 from cdul.core.method.snippets import SnippetSpec, parse_snippet_spec, snippet_count
 

@@ -9,8 +9,6 @@ independent reference use them directly.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,49 +19,10 @@ from PIL import Image
 from cdul.core.clip_models import Clip
 from cdul.core.clip_preprocess import PREPROCESSORS, TensorPreprocess, pil_views
 from cdul.core.errors import ConfigError
+from cdul.core.label_set import LabelSet
 from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, pseudo_label
 from cdul.core.method.similarity import class_scores, cosine_similarity
 from cdul.core.method.snippets import SnippetSpec
-
-DEFAULT_TEMPLATE = "a photo of a {}"
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """Class names and the prompt template that turns each into a sentence."""
-
-    classes: tuple[str, ...]
-    template: str = DEFAULT_TEMPLATE
-
-    def __post_init__(self) -> None:
-        if not self.classes:
-            raise ConfigError("the label set is empty: give at least one class name")
-        if any(not c.strip() for c in self.classes):
-            raise ConfigError("the label set has an empty class name")
-        if len(set(self.classes)) != len(self.classes):
-            raise ConfigError(f"the label set repeats a class name: {list(self.classes)}")
-        if self.template.count("{}") != 1:
-            raise ConfigError(
-                f"prompt template {self.template!r} must contain exactly one '{{}}' placeholder"
-            )
-        try:
-            self.prompts()
-        except (IndexError, KeyError, ValueError) as error:
-            raise ConfigError(
-                f"prompt template {self.template!r} has an unknown placeholder: {error}"
-            ) from None
-
-    def prompts(self) -> list[str]:
-        return [self.template.format(c) for c in self.classes]
-
-    def digest(self) -> str:
-        """A stable hash naming this label set (cache key, wire reference)."""
-        return self._digest
-
-    @functools.cached_property
-    def _digest(self) -> str:  # asked for several times per request: hashed once
-        text = "\x1f".join((self.template, *self.classes))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

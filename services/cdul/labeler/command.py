@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from cdul.core.clip_scoring import DEFAULT_TEMPLATE
 from cdul.core.errors import ConfigError
+from cdul.core.label_set import DEFAULT_TEMPLATE
 from cdul.core.method.aggregation import DEFAULT_ZETA
 
 

@@ -41,8 +41,8 @@ import torch
 from tqdm import tqdm
 
 from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
-from cdul.core.clip_scoring import DEFAULT_TEMPLATE
 from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
+from cdul.core.label_set import DEFAULT_TEMPLATE
 from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, pseudo_label
 from cdul.core.method.snippets import parse_snippet_spec
 from cdul.core.pseudo_labels import (

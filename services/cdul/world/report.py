@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from cdul.core.clip_scoring import ClipScorer, LabelSet
+from cdul.core.clip_scoring import ClipScorer
 from cdul.core.datasets import Dataset
 from cdul.core.evaluation import evaluate
+from cdul.core.label_set import LabelSet
 from cdul.core.method.aggregation import aggregate, pseudo_label
 from cdul.core.method.snippets import parse_snippet_spec
 from cdul.world.generator import PROMPT_TEMPLATE, make_single

@@ -39,16 +39,32 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc; elsewhere the
+    classic set-and-restore, which is racy only against another thread doing the same)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(target: Path, fill: Callable[[BinaryIO], None]) -> None:
     """Create ``target`` atomically from whatever ``fill`` writes into a temp file.
 
-    On any failure (including ``fill`` raising half-way) the temp file is removed
-    and ``target`` is untouched.
+    The file gets the mode any tool's new file gets (0666 less the umask), not the
+    0600 of ``mkstemp``: another user (e.g. TorchServe reading a model store a job
+    wrote) must be able to read it wherever the umask allows. On any failure
+    (including ``fill`` raising half-way) the temp file is removed and ``target`` is
+    untouched.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
             fill(handle)
             handle.flush()

@@ -1,0 +1,309 @@
+"""The whole chain in containers, each run with its pod's spec from the dev overlay.
+
+S3 stand-in -> bucket Job -> CLIP service Deployment (SERVING through its HEALTHCHECK)
+-> labeler Indexed Job (2 shards) -> merge Job -> trainer Job -> TorchServe Deployment
+(init container fetching the archive, TorchServe, auth-proxy sidecar) -> predictions
+over HTTP from the host with the bearer key; both Prometheus ports scraped and parsed.
+The same jobs, with the same arguments, then run on the host against the same S3
+endpoint: pseudo labels must agree to 1e-5 and the served val mAP to 0.005.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+from support.pods import Cluster, Pod, render
+
+from cdul.core.datasets import open_dataset
+from cdul.core.evaluation import evaluate
+from cdul.core.pseudo_labels import read_pseudo_labels
+from cdul.core.storage import open_store
+from cdul.trainer.loop import METRICS_KEY
+
+REPO = Path(__file__).resolve().parents[2]
+CDUL = str(Path(sys.executable).with_name("cdul"))
+HOST_PORTS = (9000, 51000, 9100, 8000, 8080, 8081, 8082, 7070, 7071, 29400)
+SERVICES = ("minio", "clip-service", "clip-service-headless", "torchserve")
+ACCESS_KEY, SECRET_KEY = "cdul-test-access", "cdul-test-secret-0123456789"
+TRAIN_SCENES, VAL_SCENES = 160, 60
+SETTINGS = {"TRAIN_EPOCHS": "2"}  # what a user changes with `kubectl edit configmap`
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:3])}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def start(pod: Pod, container: str, name: str, **kwargs) -> str:
+    docker(*pod.docker_run(container, docker_name=name, **kwargs)[1:])
+    return name
+
+
+def wait_exit(name: str, timeout: float) -> int:
+    """Exit code of a finished container; its logs in the failure message otherwise."""
+    try:
+        code = int(docker("wait", name, timeout=timeout))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{name} still running after {timeout} s:\n{logs(name)}")
+    return code
+
+
+def logs(name: str) -> str:
+    done = subprocess.run(["docker", "logs", "--tail", "60", name], capture_output=True, text=True)
+    return (done.stdout + done.stderr)[-6000:]
+
+
+def run_job(pod: Pod, container: str, name: str, timeout: float = 600, **kwargs) -> None:
+    start(pod, container, name, **kwargs)
+    code = wait_exit(name, timeout)
+    assert code == 0, f"{name} exited {code}:\n{logs(name)}"
+
+
+def wait_until(what: str, check, timeout: float, name: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} not within {timeout} s" + (f":\n{logs(name)}" if name else ""))
+
+
+def health(name: str) -> str:
+    return docker("inspect", "-f", "{{.State.Health.Status}}", name, check=False)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def scrape(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def volumes(tmp_path: Path, world_models) -> dict[str, Path]:
+    """The PersistentVolumeClaims' contents: the world (cdul-data) and models (cdul-models)."""
+    data, models = tmp_path / "pvc-data", tmp_path / "pvc-models"
+    subprocess.run([CDUL, "world", "generate", str(data / "world"), "--seed", "0",
+                    "--train", str(TRAIN_SCENES), "--val", str(VAL_SCENES)],
+                   check=True, capture_output=True)  # fmt: skip
+    (models / "clip").mkdir(parents=True)
+    (models / "backbone").mkdir()
+    shutil.copy(world_models["clip"], models / "clip" / "cdul-tiny-rn.pt")
+    shutil.copy(world_models["backbone"], models / "backbone" / "world-resnet18.pt")
+    for path in (data, models, *data.rglob("*"), *models.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # a PVC the pods' user can read
+    return {"cdul-data": data, "cdul-models": models}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, images, volumes, docker_label) -> Cluster:
+    busy = [port for port in HOST_PORTS if not port_free(port)]
+    assert not busy, f"ports {busy} are in use: the pods run on the host network here"
+    objects = render(REPO / "k8s" / "overlays" / "dev")
+    cluster = Cluster(
+        objects=objects,
+        secrets={
+            "cdul-s3": {"S3_ACCESS_KEY": ACCESS_KEY, "S3_SECRET_KEY": SECRET_KEY},
+            "cdul-torchserve": {"inference-key": secrets.token_urlsafe(24)},
+        },
+        claims=volumes,
+        workdir=tmp_path / "kubelet",
+        hosts=SERVICES,
+        image_map=images,
+        label=docker_label,
+    )
+    cluster.find("ConfigMap", "cdul-config")["data"].update(SETTINGS)
+    return cluster
+
+
+def start_s3(cluster: Cluster, name: str) -> None:
+    """MinIO's stand-in, hardened as the MinIO pod is (its args are MinIO's own, so the
+    stand-in keeps its image's command); listens on the MinIO Service's port."""
+    docker("run", "--detach", "--name", name, "--label", cluster.label, "--network", "host",
+           "--read-only", "--user", "10001:10001", "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges", "--tmpfs", "/tmp",
+           cluster.image_map["minio/minio"])  # fmt: skip
+    wait_until("the S3 stand-in listening", lambda: not port_free(9000), 60, name)
+
+
+def start_clip_service(cluster: Cluster, name: str) -> None:
+    """The CLIP Deployment's pod; restarts like a Deployment's pod when its process dies
+    (the health probe runs every 2 s instead of 30 so the test need not wait)."""
+    pod = cluster.pod("Deployment", "clip-service")
+    start(pod, "clip-service", name,
+          docker_flags=("--restart", "unless-stopped", "--health-interval", "2s"))  # fmt: skip
+    wait_until("the CLIP service healthy (its HEALTHCHECK: gRPC SERVING)",
+               lambda: health(name) == "healthy", 240, name)  # fmt: skip
+
+
+def label_shards(cluster: Cluster, prefix: str, env: dict[str, str] | None = None) -> None:
+    """The Indexed labeling Job: every index in parallel; a failed index is retried as
+    the Job's backoffLimitPerIndex allows."""
+    job = cluster.find("Job", "cdul-label")
+    pod = cluster.pod("Job", "cdul-label")
+    pending = {index: 0 for index in range(job["spec"]["completions"])}
+    while pending:
+        names = {}
+        for index, attempt in pending.items():
+            extra = {"JOB_COMPLETION_INDEX": str(index), **(env or {})}
+            names[index] = start(pod, "labeler", f"{prefix}-{index}-{attempt}", extra_env=extra)
+        for index, name in names.items():
+            code = wait_exit(name, 600)
+            if code == 0:
+                del pending[index]
+                continue
+            pending[index] += 1
+            assert pending[index] <= job["spec"]["backoffLimitPerIndex"], logs(name)
+
+
+def served_predictions(key: str, root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    val = open_dataset(f"voc:{root}:val")
+    rows = []
+    for i in range(len(val)):
+        headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"}
+        data = Path(val.image_path(i)).read_bytes()
+        status, body = http("http://127.0.0.1:8000/predictions/cdul", data, headers)
+        assert status == 200, body[:300]
+        answer = json.loads(body)
+        rows.append([answer["probabilities"][c] for c in val.classes])
+    return torch.tensor(rows), val.ground_truth_matrix(), list(val.classes)
+
+
+def host_args(argv: list[str], volumes: dict[str, Path]) -> list[str]:
+    """A container's arguments for the same job run on the host: mount paths -> host paths."""
+    mapping = {"/data/": f"{volumes['cdul-data']}/", "/models/": f"{volumes['cdul-models']}/"}
+    out = []
+    for arg in argv:
+        for inside, outside in mapping.items():
+            arg = arg.replace(f":{inside}", f":{outside}")
+            arg = outside + arg[len(inside) :] if arg.startswith(inside) else arg
+        out.append(arg)
+    return out
+
+
+def run_on_host(
+    cluster: Cluster,
+    kind: str,
+    name: str,
+    container: str,
+    env: dict[str, str],
+    volumes: dict[str, Path],
+    extra: dict[str, str] | None = None,
+) -> list[str]:
+    pod = cluster.pod(kind, name)
+    spec = pod.container(container)
+    container_env = {**pod.env(spec), **(extra or {})}
+    command, args = pod.argv(spec, container_env)
+    command = command or ["cdul", "label"]
+    if command[0] == "torchrun":  # one process: torchrun's launcher changes nothing here
+        command = command[command.index("--no-python") + 1 :]
+    argv = [CDUL, *command[1:], *host_args(args, volumes)]
+    done = subprocess.run(argv, env={**env, **container_env, **(extra or {}),
+                                     "S3_ENDPOINT": "http://127.0.0.1:9000"},
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, f"{argv}: {done.stderr[-3000:]}"
+    return argv
+
+
+def test_the_chain_runs_in_its_pods_and_matches_the_host(cluster: Cluster, volumes, tmp_path):
+    from cdul.clip_service import launch
+
+    config = cluster.config_map("cdul-config")
+    start_s3(cluster, "s3")
+    run_job(cluster.pod("Job", "minio-create-bucket"), "create-bucket", "create-bucket", 120)
+    start_clip_service(cluster, "clip")
+    label_shards(cluster, "label")
+    run_job(cluster.pod("Job", "cdul-label-merge"), "label-merge", "label-merge", 300)
+    run_job(cluster.pod("Job", "cdul-train"), "trainer", "train", 900)
+
+    serve = cluster.pod("Deployment", "torchserve")
+    run_job(serve, "fetch-model", "fetch-model", 120)
+    start(serve, "torchserve", "torchserve")
+    start(serve, "auth-proxy", "auth-proxy")
+    wait_until("TorchServe ready through the proxy (the readiness probe's /ping)",
+               lambda: http("http://127.0.0.1:8000/ping")[0] == 200, 180, "torchserve")  # fmt: skip
+    key = cluster.secrets["cdul-torchserve"]["inference-key"]
+    probabilities, truth, classes = served_predictions(key, volumes["cdul-data"] / "world")
+    served = evaluate(probabilities, truth, classes).mean_ap
+
+    # The proxy refuses a missing or wrong key; TorchServe refuses garbage with a 4xx.
+    image = next((volumes["cdul-data"] / "world" / "JPEGImages").iterdir()).read_bytes()
+    assert http("http://127.0.0.1:8000/predictions/cdul", image)[0] == 401
+    wrong = {"Authorization": "Bearer wrong", "Content-Type": "image/jpeg"}
+    assert http("http://127.0.0.1:8000/predictions/cdul", image, wrong)[0] == 401
+    garbage = {"Authorization": f"Bearer {key}", "Content-Type": "image/jpeg"}
+    assert http("http://127.0.0.1:8000/predictions/cdul", b"not a jpeg", garbage)[0] == 400
+
+    clip_metrics, serve_metrics = scrape(9100), scrape(8082)
+    assert any(name.startswith("cdul_clip") for name in clip_metrics), sorted(clip_metrics)
+    assert "ts_inference_requests" in serve_metrics or any(
+        name.startswith("ts_") for name in serve_metrics), sorted(serve_metrics)  # fmt: skip
+
+    # The same jobs on the host, same arguments, same S3 endpoint, another run prefix.
+    host_run = config["CDUL_RUN"] + "-host"
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path),
+           "S3_ACCESS_KEY": ACCESS_KEY, "S3_SECRET_KEY": SECRET_KEY}  # fmt: skip
+    clip_args = cluster.pod("Deployment", "clip-service").argv(
+        cluster.pod("Deployment", "clip-service").container("clip-service"), config
+    )[1]
+    clip_model = clip_args[clip_args.index("--model") + 1]
+    pretrained = host_args([clip_args[clip_args.index("--pretrained") + 1]], volumes)[0]
+    process, port = launch.spawn(["--model", clip_model, "--pretrained", pretrained,
+                                  "--device", "cpu", "--metrics-port", "-1"],
+                                 stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for index in range(2):
+            run_on_host(cluster, "Job", "cdul-label", "labeler", env, volumes,
+                        {"CDUL_RUN": host_run, "JOB_COMPLETION_INDEX": str(index),
+                         "CDUL_CLIP_ENDPOINTS": f"127.0.0.1:{port}"})  # fmt: skip
+    finally:
+        launch.stop(process)
+    run_on_host(cluster, "Job", "cdul-label-merge", "label-merge", env, volumes,
+                {"CDUL_RUN": host_run})  # fmt: skip
+    run_on_host(cluster, "Job", "cdul-train", "trainer", env, volumes, {"CDUL_RUN": host_run})
+
+    s3 = {"S3_ENDPOINT": "http://127.0.0.1:9000", **{k: env[k] for k in env if "S3" in k}}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3.items():
+            patch.setenv(name, value)
+        inside, outside = open_store(config["CDUL_RUN"]), open_store(host_run)
+        labels_in, labels_out = read_pseudo_labels(inside), read_pseudo_labels(outside)
+        metrics_in = [json.loads(x) for x in inside.read_text(METRICS_KEY).splitlines() if x]
+        metrics_out = [json.loads(x) for x in outside.read_text(METRICS_KEY).splitlines() if x]
+    assert len(labels_in) == len(labels_out) == TRAIN_SCENES
+    assert labels_in.ids == labels_out.ids
+    for column in ("global", "aggregate", "final"):
+        assert torch.allclose(labels_in[column], labels_out[column], atol=1e-5, rtol=0), column
+    host_map = metrics_out[-1]["val_map"]
+    print(
+        f"served val mAP {served:.4f} (containers) vs {host_map:.4f} (host trainer); "
+        f"trainer in containers {metrics_in[-1]['val_map']:.4f}"
+    )
+    assert abs(served - host_map) <= 0.005
