@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -117,3 +120,19 @@ def test_service_commands_are_real_entry_points() -> None:
     assert {"cdul clip-serve", "cdul label", "cdul label-merge", "cdul train", "torchserve"} <= set(
         checked
     )
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="no docker-compose (Debian: apt-get install docker-compose, v1.29)",
+)
+@pytest.mark.parametrize("files", [["compose.yaml"], ["compose.yaml", "compose.gpu.yaml"]])
+def test_docker_compose_v1_accepts_the_files(files: list[str]) -> None:
+    """Debian's docker-compose 1.29 (no top-level `name:`; the project name comes from
+    COMPOSE_PROJECT_NAME in .env) parses and interpolates the stack."""
+    env = {"PATH": os.environ["PATH"], "S3_ACCESS_KEY": "a", "S3_SECRET_KEY": "b"}
+    command = ["docker-compose", *(f"--file={ROOT / 'deploy' / f}" for f in files), "config"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    assert {"clip-service", "minio", "prometheus"} <= set(rendered["services"])

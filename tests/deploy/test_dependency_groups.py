@@ -41,6 +41,7 @@ ENTRY_MODULES = {
     ],
 }  # fmt: skip
 
+
 def _closure(extra: str) -> set[str]:
     """Normalised names of the distributions `pip install cdul[extra]` would install."""
     seen: set[tuple[str, tuple[str, ...]]] = set()

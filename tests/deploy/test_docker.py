@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from deploy_support import DOCKERFILES, ROOT, SECRET_NAME, Dockerfile, check_command, image_tag
@@ -109,3 +110,18 @@ def test_entrypoint_and_cmd_are_real_entry_points(path) -> None:
             "deploy/torchserve/config.properties /home/model-server/config.properties"
             in path.read_text()
         )
+
+
+def test_every_image_shares_the_torch_layers() -> None:
+    """The lines from the first FROM to the end of the shared block are the same text in
+    every Dockerfile, so Docker builds the Python environment with torch once and every
+    image reuses those layers (one ~6 GB copy on disk instead of four)."""
+
+    def shared(path: Path) -> str:
+        text = path.read_text()
+        start, end = text.index("\nFROM "), text.index("# ---- end of the shared layers")
+        return text[start:end]
+
+    blocks = {path.name: shared(path) for path in DOCKERFILES}
+    assert len(set(blocks.values())) == 1, sorted(blocks)
+    assert "pip install" in next(iter(blocks.values()))
