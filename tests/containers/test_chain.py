@@ -39,6 +39,8 @@ SERVICES = ("minio", "clip-service", "clip-service-headless", "torchserve")
 ACCESS_KEY, SECRET_KEY = "cdul-test-access", "cdul-test-secret-0123456789"
 TRAIN_SCENES, VAL_SCENES = 160, 60
 SETTINGS = {"TRAIN_EPOCHS": "2"}  # what a user changes with `kubectl edit configmap`
+# Image builds (a fresh machine: ~4 min) and the chain twice, in containers and on the host.
+pytestmark = pytest.mark.timeout(2400)
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
