@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -309,3 +310,66 @@ def test_the_chain_runs_in_its_pods_and_matches_the_host(cluster: Cluster, volum
         f"trainer in containers {metrics_in[-1]['val_map']:.4f}"
     )
     assert abs(served - host_map) <= 0.005
+
+
+def test_clip_service_container_killed_mid_labeling_then_stopped_mid_stream(
+    cluster: Cluster, volumes
+) -> None:
+    """Its process killed (as an OOM kill would) while two shards label through it: the
+    container restarts as a Deployment's pod does and the run completes, every image
+    once. Then `docker stop` during a stream: accepted requests are answered, exit 0."""
+    import grpc
+
+    from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
+    from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
+    from cdul.clip_service.client import label_set_ref
+    from cdul.world.shapes import SHAPES
+
+    config = cluster.find("ConfigMap", "cdul-config")["data"]
+    config.update({"CDUL_SNIPPETS": "patch:16/8", "CDUL_RUN": "s3://cdul/runs/fault"})
+    start_s3(cluster, "s3")
+    run_job(cluster.pod("Job", "minio-create-bucket"), "create-bucket", "create-bucket", 120)
+    start_clip_service(cluster, "clip")
+    env = {"S3_ENDPOINT": "http://127.0.0.1:9000", "S3_ACCESS_KEY": ACCESS_KEY,
+           "S3_SECRET_KEY": SECRET_KEY}  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        store = open_store(config["CDUL_RUN"])
+        labeling = threading.Thread(target=label_shards, args=(cluster, "label"))
+        labeling.start()
+        wait_until("a first part written", lambda: any("/parts/" in k for k in store.list()), 300)
+        pid = docker("inspect", "-f", "{{.State.Pid}}", "clip")
+        subprocess.run(["kill", "-KILL", pid], check=True)
+        wait_until("the CLIP container restarted", lambda: docker(
+            "inspect", "-f", "{{.RestartCount}}", "clip") == "1", 60, "clip")  # fmt: skip
+        labeling.join(900)
+        run_job(cluster.pod("Job", "cdul-label-merge"), "label-merge", "label-merge", 300)
+        labels = read_pseudo_labels(store)
+    train_ids = open_dataset(f"voc:{volumes['cdul-data'] / 'world'}:train").ids()
+    assert sorted(labels.ids) == sorted(train_ids)  # every image, once
+    wait_until("the CLIP service healthy again", lambda: health("clip") == "healthy", 240, "clip")
+
+    stub = pb_grpc.SimilarityStub(grpc.insecure_channel("127.0.0.1:51000"))
+    labels_ref = label_set_ref(list(SHAPES))
+    images = sorted((volumes["cdul-data"] / "world" / "JPEGImages").iterdir())[:16]
+    requests = [pb.SnippetRequest(labels=labels_ref, snippet_spec="patch:16/8",
+                                  image=pb.Image(id=p.stem, data=p.read_bytes()))
+                for p in images]  # fmt: skip
+    answers, status = [], "OK"
+    stream = stub.ScoreStream(iter(requests), timeout=120)
+    try:
+        for answer in stream:
+            if not answers:
+                stopper = threading.Thread(
+                    target=docker, args=("stop", "--time", "45", "clip"), kwargs={"timeout": 90}
+                )
+                stopper.start()
+            answers.append(answer)
+    except grpc.RpcError as error:
+        status = error.code().name
+    stopper.join(90)
+    assert docker("inspect", "-f", "{{.State.ExitCode}}", "clip") == "0", logs("clip")
+    assert [a.error for a in answers if a.error] == []
+    print(f"stream during docker stop: {len(answers)} of {len(requests)} answered, {status}")
+    assert status == "OK" and len(answers) == len(requests)

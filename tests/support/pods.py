@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,7 +179,10 @@ class Pod:
         if pod_security.get("runAsNonRoot") or security.get("runAsNonRoot"):
             assert user not in (None, 0), f"{container_name}: runAsNonRoot without a user"
         flags = ["--name", docker_name, "--label", self.cluster.label, "--network", "host"]
-        flags += [f"--add-host={host}:127.0.0.1" for host in self.cluster.hosts]
+        # The kubelet's /etc/hosts names the pod itself (torchrun's rendezvous needs it);
+        # on the host network the pod's hostname is the machine's.
+        names = (*self.cluster.hosts, socket.gethostname())
+        flags += [f"--add-host={host}:127.0.0.1" for host in names]
         if user is not None:
             flags += ["--user", f"{user}:{group if group is not None else user}"]
         if "fsGroup" in pod_security:
