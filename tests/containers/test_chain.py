@@ -107,6 +107,8 @@ def http(url: str, data: bytes | None = None, headers: dict[str, str] | None = N
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+    except urllib.error.URLError:  # nothing listening yet
+        return 0, b""
 
 
 @pytest.fixture
