@@ -141,9 +141,8 @@ class Pod:
         volume = next(v for v in self.spec.get("volumes", []) if v["name"] == mount["name"])
         target = mount["mountPath"]
         read_only = bool(mount.get("readOnly"))
-        if "emptyDir" in volume and volume["emptyDir"].get("medium") == "Memory":
-            size = _bytes(volume["emptyDir"].get("sizeLimit", "64Mi"))
-            return ["--tmpfs", f"{target}:rw,size={size},mode=1777"]
+        # medium: Memory too: Docker 20.10's --tmpfs ignored mode=1777 here (root-owned
+        # 0755, unwritable for the nginx sidecar's uid 101); a 0777 directory behaves alike.
         if "emptyDir" in volume:
             source = self._volume_dir(volume)
         elif "persistentVolumeClaim" in volume:
