@@ -6,7 +6,7 @@ with ``docker run`` flags derived from the pod spec alone: image, command and ar
 ``$(VAR)`` references expanded, env (values, ConfigMap and Secret references,
 ``envFrom``), user and group, read-only root, dropped capabilities, no privilege
 escalation, resource limits, and only the mounts the pod declares (emptyDir -> a fresh
-host directory shared by the pod's containers, or tmpfs for ``medium: Memory``;
+host directory shared by the pod's containers, 0777 as a kubelet makes it;
 PersistentVolumeClaim -> a host directory the test supplies; ConfigMap keys -> files).
 What a manifest gets wrong (a missing writable directory, a wrong entrypoint, a
 config path that does not exist) fails here as it would in a cluster.
