@@ -61,12 +61,14 @@ def pip_locations() -> tuple[list[Path], list[Path]]:
     for line in listed.splitlines():
         key, _, value = line.partition("=")
         option = key.rsplit(".", 1)[-1]
-        for entry in value.strip().strip("'\"").split():
+        target = {"index-url": indexes, "extra-index-url": indexes, "find-links": links}.get(option)
+        for entry in value.strip().strip("'\"").split() if target is not None else []:
             path = Path(urllib.parse.urlparse(entry).path if "://" in entry else entry)
-            if entry.startswith(("http://", "https://")) or not path.is_dir():
-                continue
-            target = indexes if option in ("index-url", "extra-index-url") else links
-            if option in ("index-url", "extra-index-url", "find-links") and path not in target:
+            if (
+                not entry.startswith(("http://", "https://"))
+                and path.is_dir()
+                and path not in target
+            ):
                 target.append(path)
     return indexes, links
 

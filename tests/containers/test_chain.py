@@ -226,7 +226,7 @@ def run_on_host(
     spec = pod.container(container)
     container_env = {**pod.env(spec), **(extra or {})}
     command, args = pod.argv(spec, container_env)
-    command = command or ["cdul", "label"]
+    assert command, f"{name}/{container} relies on the image's entrypoint"
     if command[0] == "torchrun":  # one process: torchrun's launcher changes nothing here
         command = command[command.index("--no-python") + 1 :]
     argv = [CDUL, *command[1:], *host_args(args, volumes)]
@@ -359,17 +359,17 @@ def test_clip_service_container_killed_mid_labeling_then_stopped_mid_stream(
                                   image=pb.Image(id=p.stem, data=p.read_bytes()))
                 for p in images]  # fmt: skip
     answers, status = [], "OK"
-    stream = stub.ScoreStream(iter(requests), timeout=120)
+    stopper = threading.Thread(
+        target=docker, args=("stop", "--time", "45", "clip"), kwargs={"timeout": 90}
+    )
     try:
-        for answer in stream:
+        for answer in stub.ScoreStream(iter(requests), timeout=120):
             if not answers:
-                stopper = threading.Thread(
-                    target=docker, args=("stop", "--time", "45", "clip"), kwargs={"timeout": 90}
-                )
-                stopper.start()
+                stopper.start()  # stop once the stream is accepted and answering
             answers.append(answer)
     except grpc.RpcError as error:
         status = error.code().name
+    assert stopper.ident is not None, f"no answer before the stop: {status}"
     stopper.join(90)
     assert docker("inspect", "-f", "{{.State.ExitCode}}", "clip") == "0", logs("clip")
     assert [a.error for a in answers if a.error] == []
