@@ -57,8 +57,9 @@ ENV HOME=/home/model-server \
 USER 10001:10001
 WORKDIR /home/model-server/work
 EXPOSE 8080 8082
-# /ping needs the inference key in 0.12 (token auth on): probe the metrics port instead.
+# Healthy once the model has a READY worker (the management API with the key TorchServe
+# writes; /ping answers 200 even while the workers crash-loop).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8082/metrics', timeout=4)"]
+  CMD ["cdul", "serve-ready", "--key-file", "/home/model-server/work/key_file.json"]
 ENTRYPOINT ["torchserve", "--foreground", "--no-config-snapshots", "--ts-config", "/home/model-server/config.properties"]
 CMD ["--model-store", "/home/model-server/model-store", "--models", "cdul=cdul.mar"]

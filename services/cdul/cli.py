@@ -56,6 +56,9 @@ COMMANDS: dict[str, Command] = {
     "label-report": Command(
         "cdul.labeler.compare", "mAP of global/aggregate/final for several runs, side by side"
     ),
+    "serve-ready": Command(
+        "cdul.serving.readiness", "exit 0 once a TorchServe model has a READY worker (probes)"
+    ),
     "train": Command(
         "cdul.trainer.command", "train the classifier on pseudo labels (Eq. 8), export a .mar"
     ),

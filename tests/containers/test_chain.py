@@ -194,8 +194,12 @@ def served_predictions(key: str, root: Path) -> tuple[torch.Tensor, torch.Tensor
     for i in range(len(val)):
         headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {key}"}
         data = Path(val.image_path(i)).read_bytes()
-        status, body = http("http://127.0.0.1:8000/predictions/cdul", data, headers)
-        assert status == 200, body[:300]
+        try:
+            status, body = http("http://127.0.0.1:8000/predictions/cdul", data, headers)
+        except TimeoutError:
+            pytest.fail(f"no answer to prediction {i} within 60 s:\n"
+                        f"{logs('torchserve')}\n{logs('auth-proxy')}")  # fmt: skip
+        assert status == 200, f"{body[:300]!r}\n{logs('torchserve')}\n{logs('auth-proxy')}"
         answer = json.loads(body)
         rows.append([answer["probabilities"][c] for c in val.classes])
     return torch.tensor(rows), val.ground_truth_matrix(), list(val.classes)
@@ -252,8 +256,12 @@ def test_the_chain_runs_in_its_pods_and_matches_the_host(cluster: Cluster, volum
     run_job(serve, "fetch-model", "fetch-model", 120)
     start(serve, "torchserve", "torchserve")
     start(serve, "auth-proxy", "auth-proxy")
-    wait_until("TorchServe ready through the proxy (the readiness probe's /ping)",
-               lambda: http("http://127.0.0.1:8000/ping")[0] == 200, 180, "torchserve")  # fmt: skip
+    probe = serve.container("torchserve")["startupProbe"]["exec"]["command"]
+    wait_until("TorchServe's startup probe (exec in its container) passing",
+               lambda: subprocess.run(["docker", "exec", "torchserve", *probe],
+                                      capture_output=True, timeout=30).returncode == 0,
+               240, "torchserve")  # fmt: skip
+    assert http("http://127.0.0.1:8000/ping")[0] == 200  # through the proxy, no key needed
     key = cluster.secrets["cdul-torchserve"]["inference-key"]
     probabilities, truth, classes = served_predictions(key, volumes["cdul-data"] / "world")
     served = evaluate(probabilities, truth, classes).mean_ap

@@ -38,6 +38,8 @@ ENTRY_MODULES = {
     ],
     "serving": [
         "cdul.serving.handler", "cdul.serving.command", "cdul.core.storage", "ts.model_server",
+        # the backend worker TorchServe's frontend starts for each model worker
+        "ts.model_service_worker", "ts.torch_handler.base_handler",
     ],
 }  # fmt: skip
 

@@ -177,7 +177,28 @@ def test_servers_have_probes_and_scrape_annotations(overlay: str) -> None:
     (c,) = clip["containers"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == 51000, f"clip-service {probe} is not a native gRPC probe"
+    serve = by_name(overlay, "Deployment", "torchserve")["spec"]["template"]["spec"]
+    (ts,) = [c for c in serve["containers"] if c["name"] == "torchserve"]
+    for probe in ("startupProbe", "readinessProbe"):  # /ping says 200 while workers crash
+        assert ts[probe]["exec"]["command"][:2] == ["cdul", "serve-ready"], probe
     assert docs_of(overlay, "PodDisruptionBudget")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probe_ports_name_the_containers_own_ports(overlay: str) -> None:
+    """The kubelet resolves a probe's named port among its own container's ports only."""
+    for doc in render(overlay):
+        for where, template in pod_templates(doc):
+            for c in containers(template):
+                names = {p.get("name") for p in c.get("ports", [])}
+                numbers = {p["containerPort"] for p in c.get("ports", [])}
+                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    action = c.get(probe, {})
+                    port = (action.get("httpGet") or action.get("tcpSocket") or {}).get("port")
+                    if port is not None:
+                        assert port in (names if isinstance(port, str) else numbers), (
+                            f"{where}/{c['name']} {probe}: port {port!r} is not one of its own"
+                        )
 
 
 def test_gpu_overlay_requests_gpus() -> None:

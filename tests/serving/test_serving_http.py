@@ -239,3 +239,20 @@ def test_management_api_serves_batching_settings_and_refuses_registration(
     # enable_model_api=false: no model can be registered through the API.
     register = management.request("POST", "/models?url=other.mar")
     assert 400 <= register.status < 500
+
+
+def test_serve_ready_probe_reads_the_workers_state(
+    torchserve: LocalTorchServe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cdul serve-ready` (the k8s probes, the image's HEALTHCHECK) against the real server."""
+    from cdul.cli import main
+
+    probe = ["serve-ready", "--management-url", torchserve.management_url, "--model", MODEL_NAME]
+    assert main([*probe, "--key-file", str(torchserve.key_file)]) == 0
+    assert capsys.readouterr().out.strip() == f"{MODEL_NAME}: 1 of 1 workers READY"
+    # Token auth on and no key (file missing): refused, so not ready.
+    assert main([*probe, "--key-file", str(torchserve.key_file) + ".missing"]) == 1
+    assert main(["serve-ready", "--management-url", torchserve.management_url, "--model",
+                 "absent", "--key-file", str(torchserve.key_file)]) == 1  # fmt: skip
+    assert main(["serve-ready", "--management-url", "http://127.0.0.1:9", "--timeout", "1"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == "cdul: 0 of 0 workers READY"

@@ -34,12 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from cdul.serving.readiness import ready_workers
 
 __all__ = ["LocalTorchServe", "TorchServeError", "free_port", "free_ports", "read_properties"]
 
@@ -336,16 +336,8 @@ class LocalTorchServe:
         """True once the management API describes ``name`` with a READY worker."""
         if self.token_auth and not self.key_file.is_file():
             return False
-        request = urllib.request.Request(
-            f"{self.management_url}/models/{name}", headers=self.auth_headers("management")
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=2.0) as response:
-                described = json.loads(response.read())
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-        workers = described[0].get("workers", []) if described else []
-        return any(worker.get("status") == "READY" for worker in workers)
+        ready, _ = ready_workers(self.management_url, name, self.auth_headers("management"))
+        return ready > 0
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
