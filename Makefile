@@ -54,7 +54,7 @@ demo: $(STAMP) world-models
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache services/*.egg-info
 
-# ---- labeler (issue 4) ---------------------------------------------------------------------
+# ---- labeler -------------------------------------------------------------------------------
 # Both targets need a CLIP similarity service. By default they start `cdul clip-serve` on
 # loopback (port CLIP_PORT) for the duration and stop it at the end; CLIP_ENDPOINT=host:port
 # uses a running one instead (e.g. a GPU node, or the compose service). Output goes to a run
@@ -112,8 +112,9 @@ table2: $(STAMP)
 	  $(CDUL) label "$$dataset" -o $$run --endpoint "$$endpoint" --snippets $$spec --max-in-flight 8; \
 	done; \
 	$(CDUL) label-report $$runs
-# -- serving ---------------------------------------------------------------------------
-.PHONY: archive bench-p5
+
+# ---- serving -------------------------------------------------------------------------------
+.PHONY: archive bench-torchserve
 ARCH ?= resnet101
 IMAGE_SIZE ?= 224
 MODEL_STORE ?= $(CURDIR)/artifacts/model-store
@@ -122,13 +123,13 @@ archive: $(STAMP)
 	@test -n "$(WEIGHTS)" -a -n "$(CLASSES)" || { echo "usage: make archive WEIGHTS=state_dict.pt CLASSES=classes.txt|a,b,c" >&2; exit 2; }
 	$(VENV)/bin/cdul archive --weights $(WEIGHTS) --classes $(CLASSES) --arch $(ARCH) --image-size $(IMAGE_SIZE) --output-dir $(MODEL_STORE) --force
 # Benchmark P5: TorchServe (16 clients, batching) vs in-process forward
-bench-p5: $(STAMP)
-	$(PY) benchmarks/p5_torchserve.py
+bench-torchserve: $(STAMP)
+	$(PY) benchmarks/torchserve_vs_in_process.py
 
-# ---- trainer (issue 5) ------------------------------------------------------------------
+# ---- trainer -------------------------------------------------------------------------------
 # `cdul train LABELS_RUN IMAGES`: writes RUN/training/ and RUN/model-store/; rerun to resume.
-# The pseudo-label runs come from the labeler (`cdul label`, issue 4).
-.PHONY: world-run train-world train-voc-table3-f1 train-voc-table3-f10 bench-p4
+# The pseudo-label runs come from the labeler (`cdul label`, above).
+.PHONY: world-run train-world train-voc-table3-f1 train-voc-table3-f10 bench-alignment
 WORLD_ROOT ?= $(CURDIR)/artifacts/world
 WORLD_RUN ?= file://$(CURDIR)/artifacts/world-run
 VOC_RUN ?= file://$(CURDIR)/artifacts/voc-run
@@ -143,12 +144,11 @@ world-run: $(STAMP)
 	@$(CLIP_UP) \
 	$(CDUL) label voc:$(WORLD_ROOT):train -o $(WORLD_RUN) --endpoint "$$endpoint" --snippets $(SNIPPETS)
 
-# Short default on the embedded world: ResNet-18 from the world's backbone, 128 px, 10 epochs, F=5.
+# The trainer's world preset: ResNet-18 from the world's backbone, 128 px, 10 epochs, F=5.
 train-world: world-run
 	$(VENV)/bin/cdul train $(WORLD_RUN) voc:$(WORLD_ROOT):train --val voc:$(WORLD_ROOT):val \
-	  --arch resnet18 --backbone-weights "$$($(VENV)/bin/python -c 'from cdul.world.backbone import ensure_backbone; print(ensure_backbone())')" \
-	  --image-size 128 --batch-size 16 --lr 1e-4 --epochs 10 --update-every 5 --warmup-epochs 2 \
-	  --label-step 1 --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
+	  --preset world --backbone-weights "$$($(VENV)/bin/python -c 'from cdul.world.backbone import ensure_backbone; print(ensure_backbone())')" \
+	  --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
 
 # The study's Table 3 on VOC2012 (ResNet-101, ImageNet weights, Adam 1e-5, batch 8).
 # VOC_ROOT=/data/VOCdevkit/VOC2012; VOC_RUN holds the labeler's pseudo labels for voc:VOC_ROOT:train.
@@ -165,10 +165,10 @@ train-voc-table3-f10: $(STAMP)
 	  --lr 1e-5 --epochs 100 --update-every 10 --warmup-epochs 10 --device $(TRAIN_DEVICE) $(TRAIN_ARGS)
 
 # Benchmark P4: a step with gradient alignment vs a plain step, side by side (goal >= 0.95).
-bench-p4: $(STAMP)
-	$(PY) benchmarks/p4_alignment_step.py
+bench-alignment: $(STAMP)
+	$(PY) benchmarks/alignment_step_overhead.py
 
-# ---- deploy (issue 8) ---------------------------------------------------------------------
+# ---- deploy --------------------------------------------------------------------------------
 # images: docker build of every image (machines with Docker; context = the repository root).
 # k8s: render every kustomize overlay into artifacts/k8s/<overlay>.yaml (offline).
 # lint-deploy: the static deployment checks of tests/deploy (also part of `make test`).

@@ -7,18 +7,21 @@ dynamic batcher, server-side decode + crop) and the bare encoder's images/s on t
 views, then projects the wall time for 5,717 images. RN50 with random weights (speed
 does not depend on the weights). Images: world scenes resized to 500x375 JPEGs.
 
-    python benchmarks/clip_service_gpu.py --csv benchmarks/results/clip_service_h200.csv
+``--results FILE.csv`` writes one row per precision, preprocessing and spec (name the file
+by hardware and precision, as ``benchmarks/results/clip_service_h200_bf16_fp32.csv``).
+
+    python benchmarks/clip_service_gpu.py \
+        --results benchmarks/results/clip_service_h200_bf16_fp32.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import time
-from pathlib import Path
 
 import torch
+from results_file import add_results_option, write_results
 
 from cdul.clip_service.client import SimilarityClient, label_set_ref
 from cdul.clip_service.server import ServerConfig, SimilarityServer
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--in-flight", type=int, default=64)
     parser.add_argument("--workers", type=int, default=32)
-    parser.add_argument("--csv", type=Path, default=None)
+    add_results_option(parser)
     args = parser.parse_args()
 
     images = voc_sized_images(max(args.grid_images, args.patch_images))
@@ -131,12 +134,7 @@ def main() -> None:
     print("\n" + " | ".join(header))
     for row in rows:
         print(" | ".join(str(row[k]) for k in header))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
+    write_results(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ RUN apt-get update \
 COPY README.md /src/README.md
 COPY services /src/services
 RUN pip install "/src[serving]" && rm -rf /src
-COPY --chown=10001:10001 deploy/torchserve/config.properties /home/model-server/config.properties
+COPY --chown=10001:10001 services/cdul/serving/config.properties /home/model-server/config.properties
 # TorchServe writes key_file.json (token auth) into its working directory and logs to
 # LOG_LOCATION / METRICS_LOCATION: all writable paths are under work/ and /tmp, which
 # Kubernetes mounts as emptyDirs over a read-only root filesystem.

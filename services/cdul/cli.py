@@ -72,7 +72,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         description="CLIP-driven unsupervised multi-label classification (CDUL) as services.",
     )
     parser.add_argument("--version", action="version", version=f"cdul {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and other libraries' INFO lines (e.g. open_clip's)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         if name == selected:
@@ -85,14 +90,35 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _project_or_warning(record: logging.LogRecord) -> bool:
+    """The console filter without -v: this project's records at the root logger's level,
+    everyone else's only from WARNING up."""
+    own = record.name == "cdul" or record.name.startswith("cdul.")
+    return own or record.levelno >= logging.WARNING
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log to stderr: INFO and up from ``cdul.*`` loggers, WARNING and up from the rest
+    (open_clip alone logs a dozen INFO lines per model load), everything with -v.
+
+    A handler filter rather than per-library logger levels, because open_clip logs
+    through the root logger (``logging.info``), so its records carry no name of their
+    own. The root logger stays at INFO, so a process that raises it (the trainer's
+    non-main ranks set WARNING) still quiets this project's INFO lines too. Like
+    ``logging.basicConfig``, this does nothing when the root logger already has a
+    handler (an embedding program or pytest configured logging first)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(_project_or_warning)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if a in COMMANDS), None)
     args = build_parser(selected).parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         return int(args._run(args) or 0)
     except CdulError as error:

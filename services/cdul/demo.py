@@ -24,8 +24,8 @@ from pathlib import Path
 
 from cdul.clip_service import launch
 from cdul.core.errors import CdulError
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "cdul"
 
 
@@ -40,11 +40,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-scenes", type=int, default=1000)
     parser.add_argument("--val-scenes", type=int, default=300)
+    # The trainer's "world" preset, shortened to keep the demo at a few minutes.
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--update-every", type=int, default=5, help="F, epochs between updates")
-    parser.add_argument("--warmup-epochs", type=int, default=2)
-    parser.add_argument("--snippets", default="grid:3x3")
+    parser.add_argument("--snippets", default=DEFAULT_SNIPPET_SPEC)
     parser.add_argument("--show", type=int, default=6, help="held-out scenes to print")
 
 
@@ -94,163 +93,129 @@ def _predict(server, image: bytes) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from cdul.core.datasets import open_dataset
-    from cdul.core.evaluation import evaluate
-    from cdul.core.pseudo_labels import EVALUATION_JSON, MANIFEST
-    from cdul.core.storage import open_store
-    from cdul.serving.local import LocalTorchServe
-    from cdul.trainer.export import PREFIX as MODEL_STORE
-    from cdul.trainer.loop import CURVES_KEY, METRICS_KEY
-
     started = time.monotonic()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     run_uri = args.run or f"file://{workdir / 'run'}"
-    world = workdir / f"world-s{args.seed}-{args.train_scenes}-{args.val_scenes}"
     # SIGTERM (e.g. from a CI runner) unwinds like Ctrl-C, so every finally below runs.
     signal.signal(signal.SIGTERM, _interrupt)
-
     with ExitStack() as stack:
-        _stage("1/6 the embedded world (VOC layout)")
-        if (world / "ImageSets" / "Main" / "val.txt").is_file():
-            print(f"reusing {world}")
-        else:
-            _run(
-                "world",
-                [
-                    "world",
-                    "generate",
-                    str(world),
-                    "--seed",
-                    str(args.seed),
-                    "--train",
-                    str(args.train_scenes),
-                    "--val",
-                    str(args.val_scenes),
-                ],
-            )
-
-        _stage("2/6 tiny CLIP and backbone (trained once, then cached)")
-        models = json.loads(_run("models", ["world", "models", "--json", "--seed", str(args.seed)]))
-
-        _stage("3/6 CLIP similarity service (gRPC) + labeler")
-        endpoint = _start_clip_service(stack, models, workdir / "clip-service.log")
-        _run(
-            "label",
-            [
-                "label",
-                f"voc:{world}:train",
-                "-o",
-                run_uri,
-                "--endpoint",
-                endpoint,
-                "--snippets",
-                args.snippets,
-            ],
-        )
-        stack.close()  # the CLIP service is not needed any more
-        store = open_store(run_uri)
-        pseudo = store.read_json(EVALUATION_JSON)
-
-        _stage("4/6 trainer: ResNet on the pseudo labels with gradient alignment")
-        _run(
-            "train",
-            [
-                "train",
-                run_uri,
-                f"voc:{world}:train",
-                "--val",
-                f"voc:{world}:val",
-                "--arch",
-                models["backbone_arch"],
-                "--backbone-weights",
-                models["backbone_weights"],
-                "--epochs",
-                str(args.epochs),
-                "--image-size",
-                str(args.image_size),
-                "--seed",
-                str(args.seed),
-                "--batch-size",
-                "16",
-                "--lr",
-                "1e-4",
-                "--label-step",
-                "1",
-                "--update-every",
-                str(args.update_every),
-                "--warmup-epochs",
-                str(args.warmup_epochs),
-            ],
-        )
-        lines = store.read_text(METRICS_KEY).splitlines()
-        metrics = [json.loads(line) for line in lines if line.strip()]
-
-        _stage("5/6 TorchServe (token auth on) with the exported archive")
-        archive = f"{MODEL_STORE}/{MODEL_NAME}.mar"
-        local_store = workdir / "model-store"  # TorchServe reads a local directory; reused
-        local_store.mkdir(exist_ok=True)
-        store.read_file(archive, local_store / f"{MODEL_NAME}.mar")
-        config = REPO / "deploy" / "torchserve" / "config.properties"
-        server = LocalTorchServe(
-            local_store,
-            {MODEL_NAME: f"{MODEL_NAME}.mar"},
-            workdir / "torchserve",
-            base_config=config if config.is_file() else None,
-        )
-        stack.enter_context(server)
-        print(f"TorchServe READY at {server.inference_url}/predictions/{MODEL_NAME}")
-
-        _stage("6/6 held-out scenes over HTTP")
-        val = open_dataset(f"voc:{world}:val")
-        answers = [_predict(server, Path(val.image_path(i)).read_bytes()) for i in range(len(val))]
-        probabilities = torch.tensor([[a["probabilities"][c] for c in val.classes]
-                                      for a in answers])  # fmt: skip
-        labelled = [set(a["labels"]) for a in answers]
-        truth = val.ground_truth_matrix()
-        served = evaluate(probabilities, truth, val.classes)
-        # The labels are the served ones: over the archive's default threshold, which
-        # `cdul train` calibrated on the validation split (callers may send X-Threshold).
-        threshold = answers[0]["threshold"]
-        print(f"labels over the archive's threshold {threshold:.2f} (best micro-F1 on the "
-              "validation split, chosen by cdul train)")  # fmt: skip
-        for i in range(min(args.show, len(val))):
-            predicted = [c for c in val.classes if c in labelled[i]]
-            actual = [c for c, t in zip(val.classes, truth[i].tolist(), strict=True) if t]
-            mark = "ok " if predicted == actual else "   "
-            said = ", ".join(predicted) or "-"
-            print(f"{mark}{val.ids()[i]}: predicted {said}  |  truth {', '.join(actual)}")
+        world = generate_world(args, workdir)
+        models = world_models(args)
+        label(models, world, run_uri, args.snippets, workdir)
+        train(models, world, run_uri, args)
+        server = serve(stack, run_uri, workdir)
+        served = predict(server, world, args.show)
     # Everything started above is stopped here (ExitStack), whatever happened.
+    return summarise(args, run_uri, served, time.monotonic() - started)
 
+
+def generate_world(args: argparse.Namespace, workdir: Path) -> Path:
+    _stage("1/6 the embedded world (VOC layout)")
+    world = workdir / f"world-s{args.seed}-{args.train_scenes}-{args.val_scenes}"
+    if (world / "ImageSets" / "Main" / "val.txt").is_file():
+        print(f"reusing {world}")
+    else:
+        scenes = ["--train", str(args.train_scenes), "--val", str(args.val_scenes)]
+        _run("world", ["world", "generate", str(world), "--seed", str(args.seed), *scenes])
+    return world
+
+
+def world_models(args: argparse.Namespace) -> dict[str, str]:
+    _stage("2/6 tiny CLIP and backbone (trained once, then cached)")
+    return json.loads(_run("models", ["world", "models", "--json", "--seed", str(args.seed)]))
+
+
+def label(models: dict[str, str], world: Path, run_uri: str, snippets: str, workdir: Path) -> None:
+    _stage("3/6 CLIP similarity service (gRPC) + labeler")
+    with ExitStack() as service:  # stopped once the labels are written
+        endpoint = _start_clip_service(service, models, workdir / "clip-service.log")
+        _run("label", ["label", f"voc:{world}:train", "-o", run_uri, "--endpoint", endpoint,
+                       "--snippets", snippets])  # fmt: skip
+
+
+def train(models: dict[str, str], world: Path, run_uri: str, args: argparse.Namespace) -> None:
+    _stage("4/6 trainer: ResNet on the pseudo labels with gradient alignment")
+    _run("train", ["train", run_uri, f"voc:{world}:train", "--val", f"voc:{world}:val",
+                   "--preset", "world", "--arch", models["backbone_arch"],
+                   "--backbone-weights", models["backbone_weights"], "--epochs", str(args.epochs),
+                   "--image-size", str(args.image_size), "--seed", str(args.seed)])  # fmt: skip
+
+
+def serve(stack: ExitStack, run_uri: str, workdir: Path):
+    from cdul.core.storage import open_store
+    from cdul.serving.local import PRODUCTION_CONFIG, LocalTorchServe
+    from cdul.trainer.export import PREFIX as MODEL_STORE
+
+    _stage("5/6 TorchServe (token auth on) with the exported archive")
+    local_store = workdir / "model-store"  # TorchServe reads a local directory; reused
+    local_store.mkdir(exist_ok=True)
+    open_store(run_uri).read_file(
+        f"{MODEL_STORE}/{MODEL_NAME}.mar", local_store / f"{MODEL_NAME}.mar"
+    )
+    server = LocalTorchServe(local_store, {MODEL_NAME: f"{MODEL_NAME}.mar"},
+                             workdir / "torchserve", base_config=PRODUCTION_CONFIG)  # fmt: skip
+    stack.enter_context(server)
+    print(f"TorchServe READY at {server.inference_url}/predictions/{MODEL_NAME}")
+    return server
+
+
+def predict(server, world: Path, show: int):
+    """Every held-out scene over HTTP; prints a few; the served mAP's evaluation."""
+    import torch
+
+    from cdul.core.datasets import open_dataset
+    from cdul.core.evaluation import evaluate
+
+    _stage("6/6 held-out scenes over HTTP")
+    val = open_dataset(f"voc:{world}:val")
+    answers = [_predict(server, Path(val.image_path(i)).read_bytes()) for i in range(len(val))]
+    probabilities = torch.tensor([[a["probabilities"][c] for c in val.classes]
+                                  for a in answers])  # fmt: skip
+    labelled = [set(a["labels"]) for a in answers]
+    truth = val.ground_truth_matrix()
+    # The labels are the served ones: over the archive's default threshold, which
+    # `cdul train` calibrated on the validation split (callers may send X-Threshold).
+    print(f"labels over the archive's threshold {answers[0]['threshold']:.2f} (best micro-F1 "
+          "on the validation split, chosen by cdul train)")  # fmt: skip
+    for i in range(min(show, len(val))):
+        predicted = [c for c in val.classes if c in labelled[i]]
+        actual = [c for c, t in zip(val.classes, truth[i].tolist(), strict=True) if t]
+        mark = "ok " if predicted == actual else "   "
+        said = ", ".join(predicted) or "-"
+        print(f"{mark}{val.ids()[i]}: predicted {said}  |  truth {', '.join(actual)}")
+    return evaluate(probabilities, truth, val.classes), len(val)
+
+
+def summarise(args: argparse.Namespace, run_uri: str, served, seconds: float) -> int:
+    from cdul.core.pseudo_labels import EVALUATION_JSON, MANIFEST
+    from cdul.core.storage import open_store
+    from cdul.trainer.export import PREFIX as MODEL_STORE
+    from cdul.trainer.loop import CURVES_KEY, METRICS_KEY
+
+    store = open_store(run_uri)
+    pseudo = store.read_json(EVALUATION_JSON)
+    metrics = [json.loads(line) for line in store.read_text(METRICS_KEY).splitlines() if line]
+    evaluation, scenes = served
     first, last = metrics[0], metrics[-1]
     rows = [
         ("pseudo-label mAP, global (Eq. 2)", pseudo["global"]["mAP"]),
         ("pseudo-label mAP, aggregate (Eq. 6)", pseudo["aggregate"]["mAP"]),
         ("pseudo-label mAP, final (Eq. 7)", pseudo["final"]["mAP"]),
         (f"pseudo-label mAP after training (epoch {last['epoch']})", last["pseudo_label_map"]),
-        (f"val mAP of the served classifier ({len(val)} scenes over HTTP)", served.mean_ap),
+        (f"val mAP of the served classifier ({scenes} scenes over HTTP)", evaluation.mean_ap),
     ]
     print("\n" + "=" * 72)
-    print(
-        f"CDUL demo: {args.train_scenes} training scenes, {args.snippets}, "
-        f"{args.epochs} epochs, {time.monotonic() - started:.0f} s"
-    )
+    print(f"CDUL demo: {args.train_scenes} training scenes, {args.snippets}, "
+          f"{args.epochs} epochs, {seconds:.0f} s")  # fmt: skip
     for name, value in rows:
         print(f"  {name:<58}{value:>8.3f}")
-    print(
-        f"  (trainer's val mAP at its last epoch: {last['val_map']:.3f}; "
-        f"pseudo-label mAP before training: {first['pseudo_label_map']:.3f})"
-    )
+    print(f"  (trainer's val mAP at its last epoch: {last['val_map']:.3f}; "
+          f"pseudo-label mAP before training: {first['pseudo_label_map']:.3f})")  # fmt: skip
     print("artefacts:")
-    artefacts = (
-        ("pseudo labels", MANIFEST),
-        ("label evaluation", EVALUATION_JSON),
-        ("metrics", METRICS_KEY),
-        ("curves", CURVES_KEY),
-        ("archive", archive),
-    )
+    artefacts = (("pseudo labels", MANIFEST), ("label evaluation", EVALUATION_JSON),
+                 ("metrics", METRICS_KEY), ("curves", CURVES_KEY),
+                 ("archive", f"{MODEL_STORE}/{MODEL_NAME}.mar"))  # fmt: skip
     for what, key in artefacts:
         print(f"  {what:<17}{store.uri_for(key)}")
     print("=" * 72)

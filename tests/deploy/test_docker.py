@@ -61,7 +61,10 @@ def dockerignore_admits(path: str) -> bool:
         if not line or line.startswith("#"):
             continue
         negate, pattern = line.startswith("!"), line.lstrip("!").rstrip("/")
-        if fnmatch.fnmatch(path.rstrip("/"), pattern) or pattern == "*":
+        path = path.rstrip("/")
+        # As Docker reads it: a pattern that names a directory also covers what is in it.
+        inside = any(fnmatch.fnmatch(path[:i], pattern) for i in range(len(path)) if path[i] == "/")
+        if fnmatch.fnmatch(path, pattern) or inside or pattern == "*":
             admitted = negate
     return admitted
 
@@ -82,11 +85,15 @@ def test_healthcheck_on_servers_only(path) -> None:
         assert checks[0] == "NONE"
         return
     cmd = json.loads(checks[0][checks[0].index("CMD") + 3 :].strip())
-    assert cmd[:2] == ["python", "-c"]
-    compile(cmd[2], "<healthcheck>", "exec")
+    if cmd[0] == "cdul":  # a project command: run with this venv's cdul
+        argv = [str(Path(sys.executable).with_name("cdul")), *cmd[1:]]
+    else:
+        assert cmd[:2] == ["python", "-c"]
+        compile(cmd[2], "<healthcheck>", "exec")
+        argv = [sys.executable, "-c", cmd[2]]
     # Run it with nothing listening: it must fail as "unhealthy", not on an import.
-    out = subprocess.run([sys.executable, "-c", cmd[2]], capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
     for bad in ("ImportError", "ModuleNotFoundError", "NameError", "AttributeError", "SyntaxError"):
         assert bad not in out.stderr, out.stderr
 
@@ -107,7 +114,7 @@ def test_entrypoint_and_cmd_are_real_entry_points(path) -> None:
     if image_name(path) == "torchserve":
         # The config baked in is the production one, and the image's paths match it.
         assert (
-            "deploy/torchserve/config.properties /home/model-server/config.properties"
+            "services/cdul/serving/config.properties /home/model-server/config.properties"
             in path.read_text()
         )
 

@@ -344,7 +344,7 @@ def test_torchserve_configmap_differs_from_deploy_config_only_where_documented()
     from cdul.serving.local import read_properties
 
     k8s = read_properties(ROOT / "k8s/base/torchserve/config.properties")
-    deploy = read_properties(ROOT / "deploy/torchserve/config.properties")
+    deploy = read_properties(ROOT / "services/cdul/serving/config.properties")
     differ = {k for k in k8s.keys() | deploy.keys() if k8s.get(k) != deploy.get(k)}
     assert differ == {"inference_address", "disable_token_authorization", "token_expiration_min"}
     assert k8s["inference_address"] == "http://127.0.0.1:8080"  # only the auth proxy reaches it

@@ -15,16 +15,12 @@ from serving_support import CLASSES, TEST_CONFIG, ServedModel, encode, random_im
 from cdul import cli
 from cdul.core.classifier import SUPPORTED_ARCHS, build_classifier
 from cdul.core.errors import ConfigError
+from cdul.core.label_set import parse_class_names
 from cdul.core.transforms import IMAGENET_MEAN, eval_transform
 from cdul.serving import command as archive_command
 from cdul.serving.archive import HANDLER_PATH, WEIGHTS_FILE_NAME, build_archive
-from cdul.serving.config import (
-    CONFIG_FILE_NAME,
-    ClassifierConfig,
-    load_classifier,
-    parse_class_names,
-)
-from cdul.serving.local import read_properties
+from cdul.serving.config import CONFIG_FILE_NAME, ClassifierConfig, load_classifier
+from cdul.serving.local import PRODUCTION_CONFIG, read_properties
 from cdul.serving.protocol import RequestError, extract_image, resolve_threshold, status_phrase
 
 # -- core pieces -------------------------------------------------------------------------
@@ -245,9 +241,9 @@ def test_archive_command_through_cli(
 # -- deployment configuration ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["config.properties", "config.test.properties"])
-def test_torchserve_configs_keep_security_metrics_and_batching(name: str) -> None:
-    properties = read_properties(TEST_CONFIG.parent / name)
+@pytest.mark.parametrize("path", [PRODUCTION_CONFIG, TEST_CONFIG], ids=["production", "test"])
+def test_torchserve_configs_keep_security_metrics_and_batching(path: Path) -> None:
+    properties = read_properties(path)
     assert properties["disable_token_authorization"] == "false"
     assert properties["enable_model_api"] == "false"
     assert properties["metrics_mode"] == "prometheus"

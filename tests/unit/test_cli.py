@@ -1,5 +1,7 @@
 """The `cdul` console command, run as a user runs it (the installed entry point)."""
 
+import functools
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,7 @@ from pathlib import Path
 import pytest
 from fixtures_datasets import write_voc
 
-from cdul.cli import COMMANDS
+from cdul.cli import COMMANDS, main
 
 CDUL = str(Path(sys.executable).with_name("cdul"))
 
@@ -53,3 +55,27 @@ def test_dataset_counts_and_skip_report(tmp_path):
     assert failing.returncode == 2
     assert "Traceback" not in failing.stderr
     assert ".jpg" in failing.stderr  # names the corrupt file
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_open_clips_info_lines_reach_the_console_only_with_verbose(
+    monkeypatch, request, caplog, capsys, verbose
+):
+    from cdul.core.clip_models import create_clip
+
+    # The root logger as a fresh `cdul` process has it: main() configures logging only
+    # when there is no handler (pytest's own come back, and the level, afterwards).
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    request.addfinalizer(functools.partial(root.setLevel, root.level))
+    assert main([*(["-v"] if verbose else []), "snippets", "grid:2x2", "--size", "64x64"]) == 0
+    root.addHandler(caplog.handler)  # sees every record, unfiltered
+    create_clip("cdul-tiny-rn", None)  # open_clip logs a model load through the root logger
+    logging.getLogger("cdul.test").info("the project's own line")
+    err = capsys.readouterr().err
+    open_clip_info = [r.getMessage() for r in caplog.records
+                      if r.name == "root" and r.levelno == logging.INFO]  # fmt: skip
+    assert open_clip_info, "open_clip logged no INFO line: the test proves nothing"
+    assert "INFO cdul.test: the project's own line" in err
+    shown = [message for message in open_clip_info if message in err]
+    assert shown == (open_clip_info if verbose else [])

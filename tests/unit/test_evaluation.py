@@ -1,9 +1,13 @@
 """Average precision against rankings worked out by hand."""
 
+import json
+import math
+
 import pytest
 import torch
 
 from cdul.core.evaluation import best_f1_threshold, evaluate, format_table
+from cdul.labeler.report import to_csv
 
 SCORES = torch.tensor(
     [[0.9, 0.2, 0.5], [0.8, 0.7, 0.4], [0.3, 0.6, 0.3], [0.1, 0.4, 0.2]]
@@ -23,14 +27,40 @@ def test_ap_by_hand():
     assert result.classes_without_positives == ()
 
 
-def test_class_without_positives_gets_zero_and_counts_in_macro():
+def test_class_without_positives_is_undefined_and_left_out_of_the_mean():
+    # c has no positive image: its AP is 0/0, so the mAP is the mean of a and b only
+    # ((5/6 + 3/4) / 2 = 19/24 = 0.7917; counting c as 0 would give 19/36 = 0.5278).
     result = evaluate(SCORES, TARGETS, ["a", "b", "c"])
-    assert result.per_class["c"] == 0.0
-    assert result.mean_ap == pytest.approx((5 / 6 + 0.75 + 0.0) / 3, abs=1e-6)
-    assert result.classes_without_positives == ("c",)
-    table = format_table({"global": result, "final": result})
-    assert "* no positive image" in table
-    assert "c " in table and table.splitlines()[-2].startswith("mAP")
+    assert math.isnan(result.per_class["c"])
+    assert result.mean_ap == pytest.approx(19 / 24, abs=1e-6)
+    assert result.classes_without_positives == ("c",) and result.classes_in_mean == 2
+    stored = result.to_dict()
+    assert stored["mAP"] == pytest.approx(19 / 24, abs=1e-6)
+    assert stored["per_class_ap"]["c"] is None and stored["classes_in_mAP"] == 2
+    assert json.loads(json.dumps(stored, allow_nan=False)) == stored  # strict JSON: no NaN
+    table = format_table({"global": result, "final": result}).splitlines()
+    assert table[4].split() == ["c", "0", "-", "-", "*"]
+    assert table[-2].split() == ["mAP", "4", "0.792", "0.792"]
+    assert (
+        table[-1]
+        == "* no positive image: AP undefined; the mAP is the mean over the other 2 of 3 classes"
+    )
+    rows = to_csv({"global": result}).splitlines()
+    assert rows[3] == "c,0,-" and rows[4] == "mAP,4,0.791667"
+
+
+def test_a_subset_without_a_class_is_not_marked_down():
+    # A perfect ranking of a and b on two images that show no c: mAP 1 (not 2/3).
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    result = evaluate(targets.float(), targets, ["a", "b", "c"])
+    assert result.mean_ap == pytest.approx(1.0) and result.classes_in_mean == 2
+
+
+def test_no_positive_at_all_leaves_the_map_undefined():
+    result = evaluate(SCORES, torch.zeros_like(TARGETS), ["a", "b", "c"])
+    assert math.isnan(result.mean_ap) and result.classes_in_mean == 0
+    assert result.to_dict()["mAP"] is None
+    assert format_table({"final": result}).splitlines()[-2].split() == ["mAP", "4", "-"]
 
 
 def test_perfect_ranking_is_one():

@@ -28,6 +28,7 @@ from cdul.clip_service.servicer import Limits, SimilarityServicer
 from cdul.core.clip_models import create_clip
 from cdul.core.clip_scoring import ClipScorer
 from cdul.core.errors import ConfigError
+from cdul.core.settings import setting
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Similarity"].full_name
@@ -35,26 +36,40 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Similarity"].full_name
 
 @dataclass(frozen=True)
 class ServerConfig:
-    model: str = "RN50"
-    pretrained: str | None = "openai"
-    host: str = "0.0.0.0"
-    port: int = 51000
-    metrics_port: int | None = 9100
-    device: str = "auto"  # auto: CUDA when present
-    precision: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU
-    preprocess: str = "auto"  # auto: "tensor" (batched on the device) on CUDA, "pil" on CPU
+    model: str = setting("RN50", "open_clip model name")
+    pretrained: str | None = setting(
+        "openai", "open_clip tag or a local checkpoint path; 'none' for random weights"
+    )
+    host: str = setting("0.0.0.0", "address to listen on")
+    port: int = setting(51000, "gRPC port")
+    metrics_port: int | None = setting(9100, "Prometheus port; -1 disables")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda:N")
+    precision: str = setting("auto", "auto: fp16 on CUDA, fp32 on CPU",
+                             choices=("auto", "fp32", "fp16", "bf16"))  # fmt: skip
+    preprocess: str = setting(
+        "auto",
+        "pil: open_clip's exact transform per view; tensor: batched crop+resize on the "
+        "device (auto: tensor on CUDA, pil on CPU)",
+        choices=("auto", "pil", "tensor"),
+    )
     # Where views are preprocessed: "requests" (request threads, overlapping the device's
     # forward), "batcher" (the batcher's worker, between forwards: on a CPU the encoder
     # needs every core), or auto: batcher on CPU, requests on CUDA.
-    preprocess_in: str = "auto"
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    max_queue_views: int = 8192
-    workers: int = 16
+    preprocess_in: str = setting(
+        "auto",
+        "where views are preprocessed: request threads (overlaps a GPU's forward) or the "
+        "batcher's worker between forwards (a CPU encoder needs every core); auto: batcher "
+        "on CPU, requests on CUDA",
+        choices=("auto", "requests", "batcher"),
+    )
+    max_batch: int = setting(64, "views per encoder forward")
+    max_wait_ms: float = setting(5.0, "batch fill wait")
+    max_queue_views: int = setting(8192, "views queued before RESOURCE_EXHAUSTED")
+    workers: int = setting(16, "RPC threads")
     max_message_mb: int = 32
-    grace_s: float = 30.0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    grace_s: float = setting(30.0, "seconds to drain on SIGTERM", flag="--grace")
+    tls_cert: Path | None = setting(None, "TLS certificate (PEM)", type=Path)
+    tls_key: Path | None = setting(None, "TLS private key (PEM)", type=Path)
     limits: Limits = field(default_factory=Limits)
 
 

@@ -88,5 +88,8 @@ def create_clip(
         name=model_name,
         pretrained=pretrained or "random",
         image_size=int(image_size[0] if isinstance(image_size, tuple) else image_size),
-        embed_dim=int(model.text_projection.shape[-1]),
+        # The config's embed_dim (the size both towers project to), not the model's
+        # text_projection: an open_clip internal that is a matrix in some models, an
+        # nn.Linear or absent in others. create_clip only loads registered configs.
+        embed_dim=int(open_clip.get_model_config(model_name)["embed_dim"]),
     )

@@ -89,7 +89,17 @@ class TensorPreprocess:
 @functools.lru_cache(maxsize=16)  # one per loaded model; asked once per image
 def _split_transform(preprocess: Callable) -> tuple[tuple[Callable, ...], Normalize] | None:
     """``(PIL steps, Normalize)`` when ``preprocess`` is ``Compose([*PIL steps, ToTensor,
-    Normalize])`` (open_clip's eval transform), else None."""
+    Normalize])`` (open_clip's eval transform), else None.
+
+    Why the transform is taken apart instead of rebuilt from the model's public
+    ``open_clip.get_model_preprocess_cfg``: the callers hand over the transform, not the
+    model, and rebuilding would re-implement open_clip's config-to-steps mapping. That
+    mapping is itself internal: the eval steps are resize and crop *before* the RGB
+    conversion (a palette image resized first is resampled nearest-neighbour by PIL, so
+    the order changes the bits), and resize modes other than ``shortest`` use open_clip's
+    private ``ResizeKeepRatio`` / ``CenterCropOrPad``. Rebuilt steps would drift from
+    open_clip's transform silently on an upgrade; these are open_clip's own step objects,
+    and any transform of another shape falls back to being applied per view, exactly."""
     steps = list(getattr(preprocess, "transforms", []))
     if (
         len(steps) >= 2

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from open_clip import get_model_preprocess_cfg
 from PIL import Image
 
 from cdul.core.clip_models import Clip
@@ -62,7 +63,7 @@ class ClipScorer:
         self.device = torch.device(device)
         self.preprocessor = preprocessor
         self._tensor_preprocess = (
-            TensorPreprocess(clip.model.visual.preprocess_cfg, self.device, self._dtype())
+            TensorPreprocess(get_model_preprocess_cfg(clip.model), self.device, self._dtype())
             if preprocessor == "tensor"
             else None
         )

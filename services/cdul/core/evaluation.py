@@ -1,20 +1,22 @@
 """Multi-label evaluation: macro mAP and per-class average precision.
 
-Computed with torchmetrics (``MultilabelAveragePrecision`` inside a
-``ClasswiseWrapper``), so the numbers are the standard ones. Edge cases, as
-torchmetrics documents and implements them (torchmetrics 1.9):
+Per-class AP is computed with torchmetrics (``MultilabelAveragePrecision`` inside a
+``ClasswiseWrapper``), so each class's number is the standard one. Edge cases:
 
 - An image with no positive label simply contributes a negative to every class.
-- A class with no positive image has an undefined recall; torchmetrics sets it to one
-  for every threshold, which yields an AP of 0 for that class, and the macro average
-  *includes* that 0. This module keeps that behaviour (so numbers match torchmetrics),
-  silences the library's warning, and instead lists such classes in
-  :attr:`Evaluation.classes_without_positives` and in the printed table, so a reader
-  sees why a macro mAP is low on a small evaluation set.
+- A class with no positive image has no AP: recall is 0/0. torchmetrics (1.9) would
+  report 0 for it and count that 0 in its macro mean, which makes a subset that lacks
+  some class read lower than it is. Here its AP is undefined (NaN in
+  :attr:`Evaluation.per_class`, ``null`` in JSON, ``-`` in tables), the macro mAP is
+  the mean over the classes that have a positive image (as the VOC devkit's per-class
+  table implies), and the left-out classes are listed in
+  :attr:`Evaluation.classes_without_positives`. With no positive at all the mAP is
+  undefined too (NaN).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +28,10 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Macro mAP over all classes and the AP of each class."""
+    """Macro mAP over the classes with a positive image, and the AP of each class.
+
+    An undefined AP (a class without positives; the mAP when no class has one) is NaN
+    here and ``None`` in :meth:`to_dict`, since JSON has no NaN."""
 
     mean_ap: float
     per_class: dict[str, float]
@@ -34,20 +39,31 @@ class Evaluation:
     num_images: int
     classes_without_positives: tuple[str, ...] = field(default=())
 
+    @property
+    def classes_in_mean(self) -> int:
+        """How many classes the macro mAP averages (those with a positive image)."""
+        return len(self.per_class) - len(self.classes_without_positives)
+
     def to_dict(self) -> dict[str, object]:
         return {
-            "mAP": self.mean_ap,
-            "per_class_ap": dict(self.per_class),
+            "mAP": _defined(self.mean_ap),
+            "per_class_ap": {c: _defined(ap) for c, ap in self.per_class.items()},
             "positives": dict(self.positives),
             "num_images": self.num_images,
+            "classes_in_mAP": self.classes_in_mean,
             "classes_without_positives": list(self.classes_without_positives),
             "note": NO_POSITIVE_NOTE,
         }
 
 
 NO_POSITIVE_NOTE = (
-    "classes with no positive image get AP 0 (torchmetrics' convention) and count in the macro mAP"
+    "a class with no positive image has no AP (null) and is left out of the macro mAP, "
+    "which is the mean over the classes with a positive image"
 )
+
+
+def _defined(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def evaluate(scores: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]) -> Evaluation:
@@ -64,16 +80,27 @@ def evaluate(scores: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]
         # The "no positive samples" warning is replaced by classes_without_positives.
         warnings.filterwarnings("ignore", message=".*No positive samples.*")
         per_class_tensors = metric(scores.float(), targets)
-    per_class = {name: float(per_class_tensors[f"ap_{name}"]) + 0.0 for name in classes}  # -0 -> 0
     counts = targets.sum(dim=0).tolist()
     positives = {name: int(n) for name, n in zip(classes, counts, strict=True)}
+    # torchmetrics' 0 for a class without positives becomes NaN (undefined); + 0.0 turns
+    # a -0 into 0.
+    per_class = {
+        name: float(per_class_tensors[f"ap_{name}"]) + 0.0 if positives[name] else math.nan
+        for name in classes
+    }
+    defined = [per_class[name] for name in classes if positives[name]]
     return Evaluation(
-        mean_ap=sum(per_class.values()) / len(classes),
+        mean_ap=sum(defined) / len(defined) if defined else math.nan,
         per_class=per_class,
         positives=positives,
         num_images=int(scores.shape[0]),
         classes_without_positives=tuple(c for c in classes if positives[c] == 0),
     )
+
+
+def format_ap(value: float, digits: int = 3) -> str:
+    """An AP or mAP with ``digits`` decimals; ``-`` when it is undefined (NaN)."""
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 #: Candidate decision thresholds for :func:`best_f1_threshold`: 0.05, 0.10, ..., 0.95.
@@ -126,16 +153,21 @@ def format_table(results: dict[str, Evaluation], digits: int = 3) -> str:
     lines = [header, "-" * len(header)]
     for c in classes:
         cells = [
-            f"{results[n].per_class[c]:.{digits}f}".rjust(w)
+            format_ap(results[n].per_class[c], digits).rjust(w)
             for n, w in zip(names, cols, strict=True)
         ]
         mark = " *" if c in first.classes_without_positives else ""
         lines.append("  ".join([c.ljust(width), str(first.positives[c]).rjust(5), *cells]) + mark)
     lines.append("-" * len(header))
-    means = [f"{results[n].mean_ap:.{digits}f}".rjust(w) for n, w in zip(names, cols, strict=True)]
+    means = [
+        format_ap(results[n].mean_ap, digits).rjust(w) for n, w in zip(names, cols, strict=True)
+    ]
     lines.append("  ".join(["mAP".ljust(width), str(first.num_images).rjust(5), *means]))
     if first.classes_without_positives:
-        lines.append(f"* no positive image: {NO_POSITIVE_NOTE}")
+        lines.append(
+            f"* no positive image: AP undefined; the mAP is the mean over the other "
+            f"{first.classes_in_mean} of {len(classes)} classes"
+        )
     return "\n".join(lines)
 
 

@@ -10,10 +10,45 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
-from cdul.core.errors import ConfigError
+from cdul.core.errors import CdulError, ConfigError
 
 DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+def read_class_file(path: str | Path, error: type[CdulError] = ConfigError) -> tuple[str, ...]:
+    """Class names from a text file, one per line (blank lines and ``#`` comments
+    skipped); ``error`` (naming the file) if it is unreadable, empty or repeats a name."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as problem:
+        reason = getattr(problem, "strerror", None) or problem
+        raise error(f"cannot read the class list {path}: {reason}") from None
+    names = [line.strip() for line in lines]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise error(f"the class list {path} names no class")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise error(f"the class list {path} repeats {', '.join(repeated)}")
+    return tuple(names)
+
+
+def parse_class_names(spec: str) -> tuple[str, ...]:
+    """Class names from a file (see :func:`read_class_file`) or, when ``spec`` is not
+    an existing file, a comma-separated list."""
+    if Path(spec).expanduser().is_file():
+        return read_class_file(spec)
+    if "," not in spec and ("/" in spec or spec.endswith(".txt")):
+        # Looks like a path that is not there, not a one-class list.
+        raise ConfigError(f"class file {spec!r} does not exist")
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    if not names:
+        raise ConfigError(f"class list {spec!r} names no classes")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"class list {spec!r} repeats a class name")
+    return names
 
 
 @dataclass(frozen=True)

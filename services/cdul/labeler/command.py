@@ -13,8 +13,8 @@ import argparse
 import os
 
 from cdul.core.errors import ConfigError
-from cdul.core.label_set import DEFAULT_TEMPLATE
-from cdul.core.method.aggregation import DEFAULT_ZETA
+from cdul.core.settings import add_flags, from_args
+from cdul.labeler.job import LabelConfig
 
 
 def _env_int(name: str, default: int) -> int:
@@ -43,11 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(dns:///clip-service-headless:51000); repeat for several (default: "
         "$CDUL_CLIP_ENDPOINTS, comma-separated, else 127.0.0.1:51000)",
     )
-    parser.add_argument("--snippets", default="grid:3x3", help="grid:RxC or patch:K[/S]")
-    parser.add_argument("--zeta", type=float, default=DEFAULT_ZETA, help="Eq. 6 threshold")
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt template")
     parser.add_argument(
-        "--classes", default=None, help="class list file (one per line) for unlabeled images"
+        "--classes",
+        default=None,
+        help="classes of unlabeled images: a file (one per line) or a comma-separated list",
     )
     parser.add_argument(
         "--shard-index", type=int, default=None, help="default: $JOB_COMPLETION_INDEX, else 0"
@@ -55,49 +54,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-shards", type=int, default=None, help="default: $CDUL_NUM_SHARDS, else 1"
     )
-    parser.add_argument(
-        "--part-size", type=int, default=64, help="images per atomic part (the most a kill loses)"
-    )
-    parser.add_argument(
-        "--max-in-flight", type=int, default=32, help="requests outstanding per stream"
-    )
-    parser.add_argument(
-        "--streams-per-endpoint",
-        type=int,
-        default=1,
-        help="ScoreStream calls per endpoint; each goes to the next address of a target "
-        "that resolves to several (spreads one labeler over the CLIP replicas)",
-    )
-    parser.add_argument(
-        "--skip-bad", action="store_true", help="skip unreadable images and report them"
-    )
-    parser.add_argument("--limit", type=int, default=None, help="label only the first N images")
-    parser.add_argument(
-        "--wait-for-service", type=float, default=120.0, metavar="S",
-        help="seconds to wait for the CLIP service to come up (default %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flags(parser, LabelConfig)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cdul.core.label_set import parse_class_names
     from cdul.core.pseudo_labels import MANIFEST
-    from cdul.labeler.job import LabelConfig, label
+    from cdul.labeler.job import label
     from cdul.labeler.merge import describe
-    from cdul.labeler.sources import read_classes
 
     endpoints = args.endpoint or [
         e.strip()
         for e in os.environ.get("CDUL_CLIP_ENDPOINTS", "127.0.0.1:51000").split(",")
         if e.strip()
     ]
-    config = LabelConfig(
-        dataset=args.dataset,
-        output=args.output,
+    config = from_args(
+        LabelConfig,
+        args,
         endpoints=tuple(endpoints),
-        snippet_spec=args.snippets,
-        zeta=args.zeta,
-        template=args.template,
-        classes=read_classes(args.classes) if args.classes else None,
+        classes=parse_class_names(args.classes) if args.classes else None,
         shard_index=(
             args.shard_index
             if args.shard_index is not None
@@ -106,13 +81,6 @@ def run(args: argparse.Namespace) -> int:
         num_shards=args.num_shards
         if args.num_shards is not None
         else _env_int("CDUL_NUM_SHARDS", 1),
-        part_size=args.part_size,
-        max_in_flight=args.max_in_flight,
-        streams_per_endpoint=args.streams_per_endpoint,
-        skip_bad=args.skip_bad,
-        limit=args.limit,
-        wait_for_service_s=args.wait_for_service,
-        progress=not args.no_progress,
     )
     result, labels, evaluation = label(config)
     if result.already_done:

@@ -39,7 +39,7 @@ def format_rows(rows: list[dict[str, object]]) -> str:
             f"{r['snippets']!s:<12} {r['zeta']!s:>5} {r['images']!s:>7} {cell(r['global']):>7} "
             f"{cell(r['aggregate']):>7} {cell(r['final']):>7}  {r['run']}"
         )
-    lines.append("(macro mAP in %)")
+    lines.append("(macro mAP in %, over the classes with a positive image; - = none stored)")
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, l
 from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
 from cdul.core.label_set import DEFAULT_TEMPLATE
 from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, pseudo_label
-from cdul.core.method.snippets import parse_snippet_spec
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
     SHARED_SETTINGS,
@@ -56,6 +56,8 @@ from cdul.core.pseudo_labels import (
     to_table,
     write_shard,
 )
+from cdul.core.retry import RetryPolicy
+from cdul.core.settings import differences, setting
 from cdul.core.storage import ObjectStore, open_store
 from cdul.labeler.service import check_service, read_ahead
 from cdul.labeler.sources import ImageSource, open_source
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 # Per-image answers worth sending again (the service's queue was full, it was restarting).
 TRANSIENT = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL")
 MAX_ITEM_RETRIES = 6
+# The waits between rounds of resending them: 0.5 s doubling up to 8 s.
+ITEM_RETRY = RetryPolicy(attempts=MAX_ITEM_RETRIES + 1, initial_backoff_s=0.5, max_backoff_s=8.0)
 _PART = re.compile(r"part-(\d{7})-(\d{7})\.parquet$")
 
 
@@ -73,20 +77,45 @@ class LabelConfig:
     dataset: str
     output: str
     endpoints: tuple[str, ...]
-    snippet_spec: str = "grid:3x3"
-    zeta: float = DEFAULT_ZETA
-    template: str = DEFAULT_TEMPLATE
+    snippet_spec: str = setting(DEFAULT_SNIPPET_SPEC, "grid:RxC or patch:K[/S]", flag="--snippets")
+    zeta: float = setting(DEFAULT_ZETA, "Eq. 6 threshold")
+    template: str = setting(DEFAULT_TEMPLATE, "prompt template")
     classes: tuple[str, ...] | None = None
     shard_index: int = 0
     num_shards: int = 1
-    part_size: int = 64
-    max_in_flight: int = 32
-    streams_per_endpoint: int = 1
-    skip_bad: bool = False
-    limit: int | None = None
-    wait_for_service_s: float = 60.0
+    part_size: int = setting(64, "images per atomic part (the most a kill loses)")
+    max_in_flight: int = setting(32, "requests outstanding per stream")
+    streams_per_endpoint: int = setting(
+        1,
+        "ScoreStream calls per endpoint; each goes to the next address of a target that "
+        "resolves to several (spreads one labeler over the CLIP replicas)",
+    )
+    skip_bad: bool = setting(False, "skip unreadable images and report them")
+    limit: int | None = setting(None, "label only the first N images", type=int, metavar="N")
+    wait_for_service_s: float = setting(
+        120.0, "seconds to wait for the CLIP service to come up", flag="--wait-for-service",
+        metavar="S",
+    )  # fmt: skip
     deadline_s: float = 300.0
-    progress: bool = True
+    progress: bool = setting(True, "no progress bar")
+
+    def __post_init__(self) -> None:
+        parse_snippet_spec(self.snippet_spec)
+        if not 0.0 <= self.zeta <= 1.0:
+            raise ConfigError(f"--zeta must be within [0, 1], got {self.zeta}")
+        positive = {"part-size": self.part_size, "max-in-flight": self.max_in_flight,
+                    "streams-per-endpoint": self.streams_per_endpoint,
+                    "num-shards": self.num_shards}  # fmt: skip
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        shard_name(self.shard_index, self.num_shards)  # the index within the shards
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.wait_for_service_s < 0:
+            raise ConfigError(f"--wait-for-service must be >= 0, got {self.wait_for_service_s}")
+        if not self.endpoints:
+            raise ConfigError("no CLIP service endpoint given (--endpoint or $CDUL_CLIP_ENDPOINTS)")
 
 
 @dataclass
@@ -132,10 +161,6 @@ class ShardJob:
     """Label one shard of ``config`` into ``config.output``."""
 
     def __init__(self, config: LabelConfig, client: SimilarityClient, source: ImageSource) -> None:
-        if config.part_size < 1 or config.max_in_flight < 1 or config.streams_per_endpoint < 1:
-            raise ConfigError(
-                "--part-size, --max-in-flight and --streams-per-endpoint must be >= 1"
-            )
         self.config = config
         self.client = client
         self.source = source
@@ -213,15 +238,11 @@ class ShardJob:
         part.rows = {i: ([], [], []) for i in range(part.start, part.stop) if i not in gone}
 
     def _check_settings(self, found: dict[str, object], where: str) -> None:
-        differences = [
-            f"{k}: {found.get(k)!r} (stored) != {v!r} (now)"
-            for k, v in self.settings.items()
-            if found.get(k) != v
-        ]
-        if differences:
+        changed = differences(found, self.settings)
+        if changed:
             raise ConfigError(
                 f"{where} already holds pseudo labels made with other settings "
-                f"({'; '.join(differences)}); use another output run URI or delete that one"
+                f"({'; '.join(changed)}); use another output run URI or delete that one"
             )
 
     # -- streaming -------------------------------------------------------------------
@@ -232,7 +253,7 @@ class ShardJob:
         index_of = {self.source.ids[i]: i for i in part_of}
         labels = label_set_ref(self.source.classes, self.config.template)
         attempts: Counter[int] = Counter()
-        to_send, views, round_ = sorted(part_of), 0, 0
+        to_send, views, backoffs = sorted(part_of), 0, ITEM_RETRY.backoffs()
         while to_send:
             retry: list[int] = []
             errors: queue.SimpleQueue = queue.SimpleQueue()
@@ -270,11 +291,10 @@ class ShardJob:
                 stream.close()
             to_send = sorted(retry)
             if to_send:
-                delay = min(0.5 * 2**round_, 8.0)
+                delay = next(backoffs, ITEM_RETRY.max_backoff_s)
                 log.warning("%d image(s) answered %s; sending them again in %.1fs", len(to_send),
                             "/".join(TRANSIENT), delay)  # fmt: skip
                 time.sleep(delay)
-                round_ += 1
         return views
 
     def _images(self, indices: list[int], errors: queue.SimpleQueue, cancel: threading.Event):

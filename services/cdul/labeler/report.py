@@ -3,7 +3,8 @@
 ``pseudo_labels/evaluation.json`` holds, for each of ``global``, ``aggregate`` and
 ``final``, the macro mAP and per-class AP (:meth:`Evaluation.to_dict`); the same goes
 into the merged manifest's ``evaluation``. ``pseudo_labels/evaluation.csv`` is one row
-per class (plus a ``mAP`` row) with one column per vector, for spreadsheets.
+per class (plus a ``mAP`` row) with one column per vector, for spreadsheets; an
+undefined AP (a class without a positive image) is ``-`` there and ``null`` in the JSON.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 
-from cdul.core.evaluation import Evaluation, evaluate, format_table
+from cdul.core.evaluation import Evaluation, evaluate, format_ap, format_table
 from cdul.core.pseudo_labels import EVALUATION_CSV, EVALUATION_JSON, PseudoLabels
 from cdul.core.storage import ObjectStore
 
@@ -32,8 +33,10 @@ def to_csv(results: dict[str, Evaluation]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["class", "positives", *names])
     for c in first.per_class:
-        writer.writerow([c, first.positives[c], *(f"{results[n].per_class[c]:.6f}" for n in names)])
-    writer.writerow(["mAP", first.num_images, *(f"{results[n].mean_ap:.6f}" for n in names)])
+        writer.writerow(
+            [c, first.positives[c], *(format_ap(results[n].per_class[c], 6) for n in names)]
+        )
+    writer.writerow(["mAP", first.num_images, *(format_ap(results[n].mean_ap, 6) for n in names)])
     return out.getvalue()
 
 

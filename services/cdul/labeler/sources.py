@@ -22,9 +22,8 @@ import torch
 
 from cdul.core.datasets import open_dataset
 from cdul.core.errors import ConfigError, DatasetError, StorageError
+from cdul.core.images import IMAGE_EXTENSIONS
 from cdul.core.storage import ObjectStore, open_store
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 @dataclass
@@ -56,20 +55,6 @@ class ImageSource:
         except (OSError, StorageError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise DatasetError(f"{self.locations[i]}: cannot read image: {reason}") from None
-
-
-def read_classes(path: str) -> tuple[str, ...]:
-    """Class names from a text file, one per line (blank lines and ``#`` comments skipped)."""
-    try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise ConfigError(f"cannot read the class list {path}: {error.strerror}") from None
-    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not names:
-        raise ConfigError(f"the class list {path} names no class")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"the class list {path} names a class twice")
-    return tuple(names)
 
 
 def open_source(
@@ -125,7 +110,7 @@ def _s3_source(spec: str, classes: tuple[str, ...] | None) -> ImageSource:
     if not classes:
         raise ConfigError(f"{spec}: images under an s3:// prefix need --classes FILE")
     store = open_store(spec)
-    keys = [k for k in store.list() if k.lower().endswith(IMAGE_SUFFIXES)]
+    keys = [k for k in store.list() if k.lower().endswith(IMAGE_EXTENSIONS)]
     return ImageSource(
         spec=spec,
         classes=tuple(classes),

@@ -9,5 +9,6 @@
 * :mod:`cdul.serving.archive` — building the ``.mar`` with torch-model-archiver;
 * :mod:`cdul.serving.command` — ``cdul archive``.
 
-Deployment settings live in ``deploy/torchserve/config.properties``.
+Production settings live in ``cdul/serving/config.properties`` (package data: the
+image, compose and ``cdul demo`` use this one file).
 """

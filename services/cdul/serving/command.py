@@ -84,8 +84,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch) only once the command runs, so --help stays fast.
+    from cdul.core.label_set import parse_class_names
     from cdul.serving.archive import build_archive
-    from cdul.serving.config import ClassifierConfig, parse_class_names
+    from cdul.serving.config import ClassifierConfig
 
     config = ClassifierConfig(
         arch=args.arch,

@@ -28,14 +28,13 @@ from cdul.core.classifier import SUPPORTED_ARCHS, build_classifier
 from cdul.core.errors import ConfigError
 from cdul.core.images import DEFAULT_MAX_PIXELS
 from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cdul.core.weights import load_state_dict
 
 __all__ = [
     "CONFIG_FILE_NAME",
     "CONFIG_FORMAT",
     "ClassifierConfig",
     "load_classifier",
-    "load_state_dict",
-    "parse_class_names",
 ]
 
 #: File name of the config inside the archive (and in the model directory TorchServe
@@ -129,50 +128,6 @@ class ClassifierConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"classifier config {os.fspath(path)!r} is not a JSON object")
         return cls.from_dict(data)
-
-
-def parse_class_names(spec: str) -> tuple[str, ...]:
-    """Class names from a file (one per line; blank lines and ``#`` comments skipped)
-    or, when ``spec`` is not an existing file, a comma-separated list."""
-    path = Path(spec)
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-        source = f"class file {spec!r}"
-    else:
-        if "," not in spec and ("/" in spec or spec.endswith(".txt")):
-            # Looks like a path that is not there, not a one-class list.
-            raise ConfigError(f"class file {spec!r} does not exist")
-        names = [name.strip() for name in spec.split(",") if name.strip()]
-        source = f"class list {spec!r}"
-    if not names:
-        raise ConfigError(f"{source} names no classes")
-    return tuple(names)
-
-
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A state_dict saved with ``torch.save(model.state_dict())``.
-
-    ``weights_only=True``: the archive may come from an object store, and a pickle
-    loaded without it can run arbitrary code (pytorch/serve issue 3360 is the same
-    problem in TorchServe's own base handler).
-    """
-    try:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"weights file {os.fspath(path)!r} does not exist") from None
-    except Exception as error:  # unpickling refusals, truncated zip files, ...
-        raise ConfigError(
-            f"weights file {os.fspath(path)!r} is not a loadable state_dict: {error}"
-        ) from None
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise ConfigError(
-            f"weights file {os.fspath(path)!r} holds a {type(state).__name__}, not a "
-            "state_dict (save it with torch.save(model.state_dict(), path))"
-        )
-    return dict(state)
 
 
 def load_classifier(

@@ -39,16 +39,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from cdul.core.errors import CdulError
 from cdul.serving.readiness import ready_workers
 
-__all__ = ["LocalTorchServe", "TorchServeError", "free_port", "free_ports", "read_properties"]
+__all__ = [
+    "PRODUCTION_CONFIG",
+    "LocalTorchServe",
+    "TorchServeError",
+    "free_port",
+    "free_ports",
+    "read_properties",
+]
+
+#: The production TorchServe settings (package data; the image and compose use this file).
+PRODUCTION_CONFIG = Path(__file__).with_name("config.properties")
 
 # A Unix socket path must fit in sun_path (108 bytes on Linux); the worker sockets are
 # "<TEMP>/.ts.sock.<port>", so a longer TEMP falls back to a short private directory.
 _MAX_SOCKET_DIR = 80
 
 
-class TorchServeError(RuntimeError):
+class TorchServeError(CdulError):
     """TorchServe did not start (the message carries the end of its log)."""
 
 

@@ -10,12 +10,14 @@ finished run); settings that only change how fast or how loudly it runs
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from cdul.core import settings
 from cdul.core.classifier import SUPPORTED_ARCHS
 from cdul.core.errors import ConfigError
 from cdul.core.method.alignment import DEFAULT_EPS, DEFAULT_SIGMA
+from cdul.core.settings import add_flags, differences, setting
 
 #: Which stored pseudo-label vector the classifier learns from: ``final`` (Eq. 7, the
 #: method) or ``global`` (Eq. 2 alone, the study's baseline).
@@ -27,38 +29,64 @@ UPDATE_LOGITS = ("step", "eval")
 RUNTIME_FIELDS = frozenset({"epochs", "num_workers", "progress", "archive", "device", "threshold"})
 
 
+ALIGN = "gradient alignment (Eq. 8)"
+RUN = "execution"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     labels: str
     images: str
     output: str
-    val: str | None = None
-    arch: str = "resnet101"
-    backbone_weights: str = "imagenet"
-    label_vector: str = "final"
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    image_size: int = 224
-    update_every: int = 1
-    warmup_epochs: int = 0
-    sigma: float = DEFAULT_SIGMA
-    label_step: float = 1.0
-    eps: float = DEFAULT_EPS
-    align: bool = True
-    update_logits: str = "step"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool | None = None
-    channels_last: bool | None = None
-    num_workers: int = 0
-    progress: bool = True
-    archive: bool = True
-    model_name: str = "cdul"
+    val: str | None = setting(None, "validation dataset spec with ground truth (val mAP)")
+    arch: str = setting("resnet101", "classifier architecture", choices=SUPPORTED_ARCHS)
+    backbone_weights: str = setting(
+        "imagenet",
+        "imagenet (torchvision's, needs network or its cache), a state_dict PATH, or none",
+    )
+    label_vector: str = setting(
+        "final",
+        "pseudo-label vector to train on (global: the study's baseline)",
+        flag="--train-on",
+        choices=LABEL_VECTORS,
+    )
+    epochs: int = setting(20, "epochs")
+    batch_size: int = setting(8, "images per step")
+    lr: float = setting(1e-5, "Adam learning rate")
+    weight_decay: float = setting(0.0, "Adam weight decay")
+    image_size: int = setting(224, "input side in pixels")
+    update_every: int = setting(1, "epochs between label updates", group=ALIGN, metavar="F")
+    warmup_epochs: int = setting(0, "epochs before the first", group=ALIGN)
+    sigma: float = setting(DEFAULT_SIGMA, "width of psi", group=ALIGN)
+    label_step: float = setting(1.0, "pseudo-label step size (0: no update)", group=ALIGN)
+    eps: float = setting(DEFAULT_EPS, "clamp before logit", group=ALIGN)
+    align: bool = setting(True, "never update the pseudo labels", group=ALIGN)
+    update_logits: str = setting(
+        "step",
+        "logits for the update: each image's training step, or an eval-mode pass",
+        group=ALIGN,
+        choices=UPDATE_LOGITS,
+    )
+    seed: int = setting(0, "random seed", group=RUN)
+    device: str = setting("auto", "auto (CUDA when present), cpu or cuda", group=RUN,
+                          choices=("auto", "cpu", "cuda"))  # fmt: skip
+    amp: bool | None = setting(None, "mixed precision (default: on with CUDA)", group=RUN)
+    channels_last: bool | None = setting(
+        None, "channels_last memory format (default: on with CUDA)", group=RUN
+    )
+    num_workers: int = setting(0, "DataLoader workers", group=RUN)
+    progress: bool = setting(True, "no progress bar", group=RUN)
+    archive: bool = setting(True, "skip the TorchServe .mar", group=RUN)
+    model_name: str = setting("cdul", "TorchServe model name", group=RUN)
     #: The served classifier's default decision threshold; None: the one with the best
     #: micro-F1 on ``val`` (when it has ground truth), else 0.5.
-    threshold: float | None = None
+    threshold: float | None = setting(
+        None,
+        "the archive's default decision threshold (default: the best micro-F1 on --val "
+        "when it has ground truth, else 0.5)",
+        group=RUN,
+        type=float,
+    )
 
     def __post_init__(self) -> None:
         if self.arch not in SUPPORTED_ARCHS:
@@ -100,90 +128,41 @@ class TrainConfig:
 
     def resume_conflicts(self, stored: dict[str, Any]) -> list[str]:
         """Settings in which this config differs from a checkpoint's, runtime ones aside."""
-        mine = self.to_json()
-        return [
-            f"{name}: checkpoint has {stored.get(name)!r}, this command {mine[name]!r}"
-            for name in mine
-            if name not in RUNTIME_FIELDS and stored.get(name) != mine[name]
-        ]
+        return differences(stored, self.to_json(), ignore=RUNTIME_FIELDS,
+                           stored_as="checkpoint has", current_as="this command")  # fmt: skip
+
+
+#: Named recipes (torchvision's references: the command behind each number). A preset
+#: replaces TrainConfig's defaults; flags given on the command line still win.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The study's Table 3 (TrainConfig's defaults): ResNet-101 from ImageNet, Adam 1e-5,
+    # batch 8, 224 px, labels updated every epoch.
+    "paper": {},
+    # The embedded world: ResNet-18 from the world's backbone (pass --backbone-weights),
+    # small scenes, a short schedule with a 2-epoch warm-up and updates every 5 epochs.
+    "world": {
+        "arch": "resnet18", "image_size": 128, "batch_size": 16, "lr": 1e-4, "epochs": 10,
+        "update_every": 5, "warmup_epochs": 2, "label_step": 1.0,
+    },
+}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("labels", help="pseudo-label run URI (file://DIR or s3://BUCKET/RUN)")
     parser.add_argument("images", help="the images the labels are for: voc:ROOT:split, ...")
-    parser.add_argument("--val", help="validation dataset spec with ground truth (val mAP)")
     parser.add_argument(
         "--output", help="run URI for training/ and model-store/ (default: the labels run)"
     )
-    parser.add_argument("--arch", default="resnet101", choices=SUPPORTED_ARCHS)
     parser.add_argument(
-        "--backbone-weights",
-        default="imagenet",
-        help="imagenet (torchvision's, needs network or its cache), a state_dict PATH, or none",
+        "--preset",
+        default="paper",
+        choices=sorted(PRESETS),
+        help="a named recipe replacing the defaults below; flags still win (default: paper)",
     )
-    parser.add_argument(
-        "--train-on",
-        dest="label_vector",
-        default="final",
-        choices=LABEL_VECTORS,
-        help="pseudo-label vector to train on (global: the study's baseline)",
-    )
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--image-size", type=int, default=224)
-    align = parser.add_argument_group("gradient alignment (Eq. 8)")
-    align.add_argument(
-        "--update-every", type=int, default=1, metavar="F", help="epochs between label updates"
-    )
-    align.add_argument("--warmup-epochs", type=int, default=0, help="epochs before the first")
-    align.add_argument("--sigma", type=float, default=DEFAULT_SIGMA, help="width of psi")
-    align.add_argument(
-        "--label-step", type=float, default=1.0, help="pseudo-label step size (0: no update)"
-    )
-    align.add_argument("--eps", type=float, default=DEFAULT_EPS, help="clamp before logit")
-    align.add_argument(
-        "--update-logits",
-        default="step",
-        choices=UPDATE_LOGITS,
-        help="logits for the update: each image's training step, or an eval-mode pass",
-    )
-    align.add_argument(
-        "--no-align", dest="align", action="store_false", help="never update the pseudo labels"
-    )
-    run = parser.add_argument_group("execution")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="mixed precision (default: on with CUDA)",
-    )
-    run.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last memory format (default: on with CUDA)",
-    )
-    run.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    run.add_argument("--no-progress", dest="progress", action="store_false")
-    run.add_argument(
-        "--no-archive", dest="archive", action="store_false", help="skip the TorchServe .mar"
-    )
-    run.add_argument("--model-name", default="cdul", help="TorchServe model name")
-    run.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="the archive's default decision threshold (default: the best micro-F1 on --val "
-        "when it has ground truth, else 0.5)",
-    )
+    add_flags(parser, TrainConfig)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["output"] = args.output or args.labels
-    return TrainConfig(**values)
+    return settings.from_args(
+        TrainConfig, args, PRESETS[args.preset], output=args.output or args.labels
+    )

@@ -43,6 +43,7 @@ from cdul.core.errors import ConfigError
 from cdul.core.evaluation import best_f1_threshold, evaluate
 from cdul.core.method.alignment import align_latent, bernoulli_kl, from_latent, to_latent
 from cdul.core.storage import ObjectStore, open_store
+from cdul.core.weights import load_state_dict
 from cdul.trainer import checkpoint, distributed
 from cdul.trainer.config import TrainConfig
 from cdul.trainer.data import ImageSet, TrainData, load_train_data
@@ -80,21 +81,8 @@ def load_backbone(model: nn.Module, weights: str, arch: str) -> str:
             ) from None
         source = f"torchvision {arch} ImageNet (DEFAULT)"
     else:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ConfigError(f"backbone weights {weights!r} do not exist") from None
-        except Exception as error:
-            raise ConfigError(
-                f"backbone weights {weights!r} are not a state_dict: {error}"
-            ) from None
-        for wrapper in ("state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
+        state = load_state_dict(weights, "backbone weights")
         source = weights
-    if not isinstance(state, dict):
-        raise ConfigError(f"backbone weights {weights!r} are not a state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]

@@ -27,6 +27,7 @@ import torch
 from cdul.core.datasets.base import IndexedDataset, safe_relative_path
 from cdul.core.errors import ConfigError, DatasetError
 from cdul.core.images import DEFAULT_MAX_PIXELS
+from cdul.core.label_set import read_class_file
 
 __all__ = ["DIFFICULT_MODES", "VOC_CLASSES", "VocDataset"]
 
@@ -175,17 +176,4 @@ class VocDataset(IndexedDataset):
 def _read_classes(root: Path) -> tuple[str, ...]:
     """The 20 VOC classes, or the ones ``root/classes.txt`` lists."""
     path = root / "classes.txt"
-    if not path.is_file():
-        return VOC_CLASSES
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"cannot read class list {path}: {error}") from None
-    names = [line.strip() for line in lines]
-    names = [name for name in names if name and not name.startswith("#")]
-    if not names:
-        raise DatasetError(f"class list {path} names no classes")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise DatasetError(f"class list {path} repeats {', '.join(duplicates)}")
-    return tuple(names)
+    return read_class_file(path, DatasetError) if path.is_file() else VOC_CLASSES

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 Box = tuple[int, int, int, int]
 
+#: The paper's snippets: the image cut into a 3x3 grid of crops (Sec. 3.1).
+DEFAULT_SNIPPET_SPEC = "grid:3x3"
 _GRID = re.compile(r"grid:(?P<rows>-?\d+)x(?P<cols>-?\d+)")
 _PATCH = re.compile(r"patch:(?P<size>-?\d+)(?:/(?P<stride>-?\d+))?")
 _FORMS = "'grid:RxC' (e.g. grid:3x3) or 'patch:K' / 'patch:K/S' (e.g. patch:32/16)"

@@ -1,7 +1,7 @@
-"""P5: the classifier behind TorchServe (batching, 16 concurrent HTTP clients) against
-the same model called in-process, on the same images, side by side in one run.
+"""The classifier behind TorchServe (batching, 16 concurrent HTTP clients) against
+the same model called in-process, on the same images, side by side in one run (P5).
 
-    .venv/bin/python benchmarks/p5_torchserve.py [--arch resnet18] [--image-size 224]
+    .venv/bin/python benchmarks/torchserve_vs_in_process.py [--arch resnet18] [--image-size 224]
 
 Both sides do the same work per image: decode the JPEG with the project's decoder,
 the trainer's eval transform, a batched forward, sigmoid. In-process, batches of
@@ -10,9 +10,11 @@ hold a keep-alive HTTP connection and post one image at a time; TorchServe (one
 worker, token auth on, Prometheus metrics, as in production) gathers up to
 ``--batch-size`` requests per forward, waiting at most ``--max-batch-delay`` ms.
 Rounds alternate (direct, served, direct, ...) so a change in machine load hits both;
-the ratio is served / direct of the median images/s (goal >= 0.7). The clients run on
-the same machine and their CPU time counts against the server, as it would for a
-sidecar or a colocated caller.
+the ratio is served / direct of the median images/s (goal >= 0.7), the README's P5
+figure. The clients run on the same machine and their CPU time counts against the
+server, as it would for a sidecar or a colocated caller. ``--results FILE.csv`` writes
+one row per path (column ``mode``: direct, served): its median and per-round images/s
+and mode / direct (P5 on the served row).
 
 The weights are random (seeded): throughput does not depend on them. The served
 answers are checked against the in-process ones (1e-5) before anything is timed.
@@ -34,6 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from results_file import add_results_option, write_results
 
 from cdul.core.classifier import SUPPORTED_ARCHS, build_classifier
 from cdul.core.images import decode_image
@@ -64,6 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.cpu_count() or 1,
         help="torch intra-op threads, the same in-process and in the TorchServe worker",
     )
+    add_results_option(parser)
     return parser.parse_args(argv)
 
 
@@ -206,6 +210,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"P5 median: direct {direct_rate:.1f} img/s, TorchServe {served_rate:.1f} img/s, "
         f"ratio {served_rate / direct_rate:.2f} (goal >= 0.7)"
     )
+    settings = {"arch": args.arch, "image_size": args.image_size, "images": args.images,
+                "source_size": args.source_size, "clients": args.clients,
+                "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
+                "workers": 1, "threads": args.threads, "max_abs_diff": f"{worst:.1e}"}  # fmt: skip
+    rows = [{**settings, "mode": name, "images_per_s": round(statistics.median(values), 2),
+             "rounds": " ".join(f"{v:.2f}" for v in values),
+             "mode_over_direct": round(statistics.median(values) / direct_rate, 3)}
+            for name, values in rates.items()]  # fmt: skip
+    write_results(args.results, rows)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""P4: a training step with gradient alignment against a plain supervised step.
+"""The overhead of gradient alignment: an aligned training step against a plain one (P4).
 
 Both use the trainer's own step (:func:`cdul.trainer.loop.train_step`: forward, Bernoulli
 KL, backward, Adam) on the same batches of world scenes, measured side by side in one
@@ -10,9 +10,11 @@ run, alternating plain / aligned so that machine load hits both alike:
            Eq. 8 update itself (``align_latent``) for this batch's rows, written back
            (F = 1, i.e. every step pays the update).
 
-P4 = median plain step time / median aligned step time (goal >= 0.95).
+The README's P4 figure: median plain step time / median aligned step time (goal >= 0.95).
+``--results FILE.csv`` writes one row per step kind (column ``mode``): its median step
+time and plain / mode (P4 on the aligned row).
 
-    .venv/bin/python benchmarks/p4_alignment_step.py --arch resnet18 --image-size 128
+    .venv/bin/python benchmarks/alignment_step_overhead.py --arch resnet18 --image-size 128
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import time
 
 import torch
+from results_file import add_results_option, write_results
 
 from cdul.core.classifier import build_classifier
 from cdul.core.method.alignment import align_latent, from_latent, to_latent
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps of each kind")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_results_option(parser)
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -102,6 +106,13 @@ def main() -> None:
     print(f"plain step   median {p * 1000:8.1f} ms")
     print(f"aligned step median {a * 1000:8.1f} ms")
     print(f"P4 = plain / aligned = {p / a:.3f}  (goal >= 0.95)")
+    settings = {"device": str(device), "arch": args.arch, "image_size": args.image_size,
+                "batch_size": args.batch_size, "steps": args.steps,
+                "threads": torch.get_num_threads()}  # fmt: skip
+    modes = (("plain", p), ("aligned", a))
+    rows = [{**settings, "mode": name, "median_step_ms": round(t * 1000, 2),
+             "plain_over_mode": round(p / t, 3)} for name, t in modes]  # fmt: skip
+    write_results(args.results, rows)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""P1 and P2: the similarity service against the bare encoder and against a naive client.
+"""The CLIP similarity service against the in-process encoder and a naive client (P1, P2).
 
 Measured side by side in one run on the same images (world scenes), snippet spec and
 batch size:
@@ -15,10 +15,12 @@ batch size:
            --busy-fraction of the time: what any out-of-process service costs the
            encoder's OpenMP threads on a small machine, before doing any work of its own.
 
-P1 = service / loop (goal >= 0.85); P2 = service / naive (goal >= 8). The machine's
-cores are shared by client and server, as they are by the in-process loop.
+The README's P1 and P2 figures: P1 = service / loop (goal >= 0.85); P2 = service / naive
+(goal >= 8). The machine's cores are shared by client and server, as they are by the
+in-process loop. ``--results FILE.csv`` writes one row per path (column ``mode``): its
+median images/s, every round's, and service / mode (P1 on the loop's row, P2 on naive's).
 
-    .venv/bin/python benchmarks/p1_p2_clip_service.py --images 200
+    .venv/bin/python benchmarks/clip_service_vs_in_process.py --images 200
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import time
 
 import torch
+from results_file import add_results_option, write_results
 
 from cdul.clip_service import launch
 from cdul.clip_service.client import SimilarityClient, label_set_ref
@@ -76,6 +79,7 @@ def main() -> None:
         help="share of one core the 'busy' path's other process takes (0: skip that path)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians kept")
+    add_results_option(parser)
     args = parser.parse_args()
 
     checkpoint = str(ensure_tiny_clip())
@@ -162,16 +166,24 @@ def main() -> None:
 
     medians = {name: statistics.median(values) for name, values in results.items()}
     medians["naive"] = naive
+    settings = {"threads": threads, "images": args.images, "naive_images": args.naive_images,
+                "spec": str(spec), "max_batch": args.max_batch, "in_flight": args.in_flight,
+                "preprocess": args.preprocess, "preprocess_in": args.preprocess_in}  # fmt: skip
+    rows = []
     print(f"{'path':<10}{'images/s':>10}   rounds")
     for name, value in medians.items():
-        rounds = " ".join(f"{v:.1f}" for v in results.get(name, [naive]))
-        print(f"{name:<10}{value:>10.1f}   {rounds}")
+        rounds = results.get(name, [naive])
+        print(f"{name:<10}{value:>10.1f}   " + " ".join(f"{v:.1f}" for v in rounds))
+        rows.append({**settings, "mode": name, "images_per_s": round(value, 2),
+                     "rounds": " ".join(f"{v:.2f}" for v in rounds),
+                     "service_over_mode": round(medians["service"] / value, 3)})  # fmt: skip
     print(f"P1 service/loop  = {medians['service'] / medians['loop']:.2f}  (goal >= 0.85)")
     print(f"   service/bare  = {medians['service'] / medians['bare']:.2f}  (encoder-only ceiling)")
     if "busy" in medians:
         print(f"   busy/loop     = {medians['busy'] / medians['loop']:.2f}  (the loop beside a "
               f"process taking {args.busy_fraction:.0%} of a core)")  # fmt: skip
     print(f"P2 service/naive = {medians['service'] / naive:.2f}  (goal >= 8)")
+    write_results(args.results, rows)
 
 
 if __name__ == "__main__":
