@@ -19,6 +19,7 @@ from cdul.core.pseudo_labels import (
     to_table,
     write_shard,
 )
+from cdul.core.settings import differences
 from cdul.core.storage import open_store
 
 CLASSES = ["cat", "dog", "bird"]
@@ -92,7 +93,7 @@ def test_merge_refuses_an_unfinished_shard(store):
 
 @pytest.mark.parametrize(
     "change, words",
-    [({"zeta": 0.25}, "zeta: 0.5 != 0.25"), ({"snippet_spec": "patch:16"}, "snippet_spec"),
+    [({"zeta": 0.25}, "zeta: shard-00000-of-00002 0.5, shard-00001-of-00002 0.25"), ({"snippet_spec": "patch:16"}, "snippet_spec"),
      ({"clip_pretrained": "openai"}, "clip_pretrained"), ({"classes": ["a", "b", "c"]}, "classes")],
 )  # fmt: skip
 def test_merge_refuses_inconsistent_settings(store, change, words):
@@ -149,4 +150,5 @@ def test_table_shapes_and_manifest_checks():
         to_table(["a"], vectors(2, 0), None)
     with pytest.raises(StorageError, match="malformed"):
         LabelManifest.from_json({"dataset": "x"})
-    assert manifest().differences(manifest(limit=10)) == ["limit: None != 10"]
+    changed = differences(manifest().settings(), manifest(limit=10).settings())
+    assert changed == ["limit: stored None, now 10"]

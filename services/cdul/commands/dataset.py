@@ -6,11 +6,11 @@ import argparse
 
 from tqdm import tqdm
 
-from cdul.core.datasets import DIFFICULT_MODES, open_dataset
+from cdul.core.datasets import DIFFICULT_MODES, SPEC_FORMS, open_dataset
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="voc:ROOT[:split] | coco:ANNOTATIONS:IMAGES | folder:PATH")
+    parser.add_argument("spec", help=" | ".join(SPEC_FORMS))
     parser.add_argument(
         "--difficult",
         choices=DIFFICULT_MODES,

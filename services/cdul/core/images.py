@@ -42,6 +42,7 @@ __all__ = [
     "ImageDecodeError",
     "decode_image",
     "open_image",
+    "read_image_file",
 ]
 
 #: Largest image (width x height) accepted by default: 50 megapixels. That is above any
@@ -147,14 +148,18 @@ def open_image(
     The whole file is read first so the file handle is closed before decoding and the
     same code path as :func:`decode_image` is used.
     """
+    return decode_image(read_image_file(path), name=os.fspath(path), max_pixels=max_pixels)
+
+
+def read_image_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the image file at ``path``; ImageDecodeError naming it if unreadable."""
     name = os.fspath(path)
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageDecodeError(f"image file {name!r} does not exist") from None
     except OSError as error:
         raise ImageDecodeError(f"cannot read image file {name!r}: {error.strerror}") from None
-    return decode_image(data, name=name, max_pixels=max_pixels)
 
 
 def _sniff(head: bytes) -> str | None:

@@ -34,6 +34,7 @@ import torch
 
 from cdul.core.errors import ConfigError, StorageError
 from cdul.core.method.aggregation import aggregate, pseudo_label
+from cdul.core.settings import differences
 from cdul.core.storage import ObjectStore
 
 PREFIX = "pseudo_labels"
@@ -97,12 +98,10 @@ class LabelManifest:
         except TypeError as error:
             raise StorageError(f"malformed pseudo-label manifest: {error}") from None
 
-    def differences(self, other: LabelManifest) -> list[str]:
-        """The shared settings in which ``other`` differs from this manifest."""
-        mine, theirs = self.to_json(), other.to_json()
-        return [
-            f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in SHARED_SETTINGS if mine[k] != theirs[k]
-        ]
+    def settings(self) -> dict[str, Any]:
+        """The settings every shard of one run shares (:data:`SHARED_SETTINGS`)."""
+        data = self.to_json()
+        return {k: data[k] for k in SHARED_SETTINGS}
 
 
 @dataclass
@@ -269,11 +268,12 @@ def merge_shards(
                 f"cannot merge {where}: the manifest of {name} says shard "
                 f"{manifest.shard_index} of {manifest.num_shards}"
             )
-        differences = first.differences(manifest)
-        if differences:
+        changed = differences(first.settings(), manifest.settings(),
+                              stored_as=shard_name(0, num_shards), current_as=name)  # fmt: skip
+        if changed:
             raise ShardMergeError(
                 f"cannot merge {where}: {name} was made with other settings than "
-                f"{shard_name(0, num_shards)}: {'; '.join(differences)}"
+                f"{shard_name(0, num_shards)}: {'; '.join(changed)}"
             )
     tables = []
     seen: set[str] = set()

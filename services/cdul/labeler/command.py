@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from cdul.core.datasets import SPEC_FORMS
 from cdul.core.errors import ConfigError
 from cdul.core.settings import add_flags, from_args
 from cdul.labeler.job import LabelConfig
@@ -30,7 +31,7 @@ def _env_int(name: str, default: int) -> int:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dataset",
-        help="voc:ROOT[:split] | coco:ANNOTATIONS:IMAGES | folder:PATH | s3://BUCKET/PREFIX",
+        help=" | ".join(SPEC_FORMS),
     )
     parser.add_argument(
         "-o", "--output", required=True, help="run URI: s3://BUCKET/RUN or file://DIR"

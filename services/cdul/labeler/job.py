@@ -47,7 +47,6 @@ from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, pseudo_label
 from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
-    SHARED_SETTINGS,
     LabelManifest,
     PseudoLabels,
     read_table,
@@ -152,11 +151,6 @@ def shard_range(count: int, index: int, num_shards: int) -> range:
     return range(count * index // num_shards, count * (index + 1) // num_shards)
 
 
-def settings_of(manifest: LabelManifest) -> dict[str, object]:
-    data = manifest.to_json()
-    return {k: data[k] for k in SHARED_SETTINGS}
-
-
 class ShardJob:
     """Label one shard of ``config`` into ``config.output``."""
 
@@ -173,7 +167,7 @@ class ShardJob:
             zeta=config.zeta, num_shards=config.num_shards, code_version=code_version(),
             created="", shard_index=config.shard_index, limit=config.limit,
         )  # fmt: skip
-        self.settings = settings_of(self.template)
+        self.settings = self.template.settings()
         self.name = shard_name(config.shard_index, config.num_shards)
         self.parts_prefix = f"{PREFIX}/parts/{self.name}/"
         self.indices = shard_range(len(source), config.shard_index, config.num_shards)
@@ -184,7 +178,7 @@ class ShardJob:
         result = ShardResult(shard=self.name)
         done = shard_done(self.store, self.config.shard_index, self.config.num_shards)
         if done is not None:
-            self._check_settings(settings_of(done), self.store.uri_for(f"{PREFIX}/shards"))
+            self._check_settings(done.settings(), self.store.uri_for(f"{PREFIX}/shards"))
             log.info("%s is already complete in %s; nothing to do", self.name, self.store.uri)
             self._delete_parts()  # left over if a run was killed just after the shard
             result.images, result.skipped, result.already_done = done.images, done.skipped, True

@@ -6,24 +6,22 @@ never decodes or re-encodes. A file that cannot be read, or that the service can
 decode, is reported by the job with :meth:`ImageSource.location` (the file's path or
 URI).
 
-Sources:
-
-- a dataset spec (``voc:``, ``coco:``, ``folder:``; see :mod:`cdul.core.datasets`);
-- ``s3://BUCKET/PREFIX``: every image object under the prefix (no ground truth; the
-  classes come from ``--classes``). Ids are the keys relative to the prefix.
+Sources are dataset specs (``voc:``, ``coco:``, ``folder:``, ``s3://``; see
+:mod:`cdul.core.datasets`); the unlabeled kinds (folders, s3 prefixes) take their
+classes from ``--classes``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from cdul.core.datasets import open_dataset
-from cdul.core.errors import ConfigError, DatasetError, StorageError
-from cdul.core.images import IMAGE_EXTENSIONS
-from cdul.core.storage import ObjectStore, open_store
+from cdul.core.datasets import Dataset, open_dataset
+from cdul.core.errors import ConfigError
+
+#: Dataset kinds without labels of their own: they take the classes given to the labeler.
+UNLABELED_KINDS = ("folder:", "s3://")
 
 
 @dataclass
@@ -35,8 +33,7 @@ class ImageSource:
     ids: list[str]
     locations: list[str]
     ground_truth: torch.Tensor | None
-    store: ObjectStore | None = None
-    keys: list[str] = field(default_factory=list)
+    dataset: Dataset
     skipped: list[dict[str, str]] = field(default_factory=list)
     """Items the dataset itself left out (malformed annotations) with ``skip_bad``."""
 
@@ -48,13 +45,7 @@ class ImageSource:
 
     def read(self, i: int) -> bytes:
         """The raw bytes of image ``i``; DatasetError naming the file if unreadable."""
-        try:
-            if self.store is not None:
-                return self.store.read_bytes(self.keys[i])
-            return Path(self.locations[i]).read_bytes()
-        except (OSError, StorageError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-            raise DatasetError(f"{self.locations[i]}: cannot read image: {reason}") from None
+        return self.dataset.read_bytes(i)
 
 
 def open_source(
@@ -67,14 +58,10 @@ def open_source(
     """Open ``spec``; ``classes`` override the dataset's only where it has no ground truth."""
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
-    if spec.startswith("s3://"):
-        source = _s3_source(spec, classes)
-    else:
-        source = _dataset_source(spec, classes, skip_bad)
+    source = _dataset_source(spec, classes, skip_bad)
     if limit is not None:
         source.ids = source.ids[:limit]
         source.locations = source.locations[:limit]
-        source.keys = source.keys[:limit]
         if source.ground_truth is not None:
             source.ground_truth = source.ground_truth[:limit]
     if not source.ids:
@@ -84,7 +71,7 @@ def open_source(
 
 def _dataset_source(spec: str, classes: tuple[str, ...] | None, skip_bad: bool) -> ImageSource:
     options: dict[str, object] = {"skip_bad": skip_bad}
-    if classes is not None and spec.startswith("folder:"):
+    if classes is not None and spec.startswith(UNLABELED_KINDS):
         options["classes"] = classes
     dataset = open_dataset(spec, **options)
     if classes is not None and tuple(classes) != tuple(dataset.classes):
@@ -100,23 +87,8 @@ def _dataset_source(spec: str, classes: tuple[str, ...] | None, skip_bad: bool) 
         ids=dataset.ids(),
         locations=[dataset.image_path(i) for i in range(len(dataset))],
         ground_truth=dataset.ground_truth_matrix(),
+        dataset=dataset,
         skipped=[
             {"image_id": s.image_id, "path": s.path, "reason": s.reason} for s in dataset.skipped
         ],
-    )
-
-
-def _s3_source(spec: str, classes: tuple[str, ...] | None) -> ImageSource:
-    if not classes:
-        raise ConfigError(f"{spec}: images under an s3:// prefix need --classes FILE")
-    store = open_store(spec)
-    keys = [k for k in store.list() if k.lower().endswith(IMAGE_EXTENSIONS)]
-    return ImageSource(
-        spec=spec,
-        classes=tuple(classes),
-        ids=list(keys),
-        locations=[store.uri_for(k) for k in keys],
-        ground_truth=None,
-        store=store,
-        keys=keys,
     )

@@ -9,12 +9,13 @@ Spec forms (see :data:`SPEC_FORMS`)::
     voc:ROOT[:SPLIT]                  VOC layout; SPLIT defaults to "val"
     coco:ANNOTATIONS_JSON:IMAGES_DIR  COCO instances file + its image directory
     folder:PATH                       unlabeled images under PATH, recursively
+    s3://BUCKET/PREFIX                unlabeled image objects under an object-store prefix
 
 The parts are separated by ':', so a VOC ROOT or a COCO path must not contain ':'
 (absolute Linux paths are fine). A folder PATH is everything after ``folder:`` and
 may contain ':'. ``~`` is expanded. Keyword options go to the dataset's constructor:
 ``skip_bad`` and ``max_pixels`` for all kinds, ``difficult`` for VOC, ``classes`` for
-folders.
+folders and s3 prefixes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from cdul.core.datasets.base import Dataset, IndexedDataset, Sample, SkippedItem
 from cdul.core.datasets.coco import CocoDataset
 from cdul.core.datasets.folder import FolderDataset
+from cdul.core.datasets.s3 import S3Dataset
 from cdul.core.datasets.voc import DIFFICULT_MODES, VOC_CLASSES, VocDataset
 from cdul.core.errors import ConfigError
 
@@ -41,6 +43,7 @@ __all__ = [
     "DatasetKind",
     "FolderDataset",
     "IndexedDataset",
+    "S3Dataset",
     "Sample",
     "SkippedItem",
     "VocDataset",
@@ -101,11 +104,18 @@ def _parse_folder(rest: str, spec: str) -> list[Any]:
     return [_existing(rest, spec, "PATH", directory=True)]
 
 
+def _parse_s3(rest: str, spec: str) -> list[Any]:
+    if not rest.startswith("//") or not rest[2:].split("/")[0]:
+        raise _spec_error(spec, "an s3 spec is s3://BUCKET/PREFIX")
+    return [spec.strip()]
+
+
 #: The registry: spec kind -> how to parse and build it. Adding a kind is one entry.
 DATASET_KINDS: dict[str, DatasetKind] = {
     "voc": DatasetKind("voc:ROOT[:SPLIT] (SPLIT defaults to val)", _parse_voc, VocDataset),
     "coco": DatasetKind("coco:ANNOTATIONS_JSON:IMAGES_DIR", _parse_coco, CocoDataset),
     "folder": DatasetKind("folder:PATH", _parse_folder, FolderDataset),
+    "s3": DatasetKind("s3://BUCKET/PREFIX", _parse_s3, S3Dataset),
 }
 
 SPEC_FORMS: tuple[str, ...] = tuple(kind.form for kind in DATASET_KINDS.values())

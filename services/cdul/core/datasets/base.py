@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from cdul.core.errors import DatasetError
-from cdul.core.images import DEFAULT_MAX_PIXELS, open_image
+from cdul.core.images import DEFAULT_MAX_PIXELS, decode_image, read_image_file
 
 __all__ = ["Dataset", "IndexedDataset", "Sample", "SkippedItem"]
 
@@ -111,10 +111,14 @@ class Dataset(abc.ABC):
             return torch.zeros((0, len(self.classes)), dtype=torch.float32)
         return torch.stack([row for row in rows if row is not None])  # all rows exist here
 
+    def read_bytes(self, i: int) -> bytes:
+        """Item ``i``'s encoded image as stored; DatasetError naming it if unreadable."""
+        return read_image_file(self.image_path(i))
+
     def load(self, i: int) -> Sample:
         """Decode item ``i``; raises DatasetError (naming the file) if it cannot be read."""
         path = self.image_path(i)
-        image = open_image(path, max_pixels=self.max_pixels)
+        image = decode_image(self.read_bytes(i), name=path, max_pixels=self.max_pixels)
         return Sample(image_id=self.ids()[i], image=image, labels=self.ground_truth(i), path=path)
 
     def __iter__(self) -> Iterator[Sample]:
@@ -221,7 +225,7 @@ class IndexedDataset(Dataset):
     def load(self, i: int) -> Sample:
         i = self._index(i)
         path = self._paths[i]
-        image = open_image(path, max_pixels=self.max_pixels)
+        image = decode_image(self.read_bytes(i), name=path, max_pixels=self.max_pixels)
         return Sample(image_id=self._ids[i], image=image, labels=self.ground_truth(i), path=path)
 
     def _index(self, i: int) -> int:
