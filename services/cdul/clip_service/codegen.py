@@ -2,7 +2,9 @@
 
 The stubs are committed under ``services/cdul/_proto`` so an install needs no code
 generation; ``tests/clip_service/test_contract.py`` regenerates them into a temp
-directory and fails when the committed ones are stale.
+directory and fails when the committed ones are stale. A developer's tool: it runs in a
+source checkout (the .proto files are not installed with the package) and says so
+anywhere else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ PROTO = "cdul/similarity/v1/similarity.proto"
 
 
 def generate(out: Path = OUT) -> None:
+    if not (PROTO_ROOT / PROTO).is_file():
+        raise SystemExit(
+            f"{PROTO_ROOT / PROTO} not found: regenerate the stubs from a source checkout "
+            "(make proto); an installed package carries the generated stubs only"
+        )
     out.mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
     code = protoc.main(

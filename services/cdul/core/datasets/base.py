@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 
-from cdul.core.errors import DatasetError
+from cdul.core.errors import ConfigError, DatasetError
 from cdul.core.images import DEFAULT_MAX_PIXELS, decode_image, read_image_file
 
 __all__ = ["Dataset", "IndexedDataset", "Sample", "SkippedItem"]
@@ -234,6 +234,29 @@ class IndexedDataset(Dataset):
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for a dataset of {n} items")
         return i % n
+
+
+class UnlabeledDataset(IndexedDataset):
+    """Images without annotations (a folder, an object-store prefix). ``classes`` may
+    name the label set they will be pseudo-labeled with, so they carry it like any other
+    dataset; :attr:`has_ground_truth` stays False."""
+
+    def __init__(
+        self,
+        *,
+        classes: Sequence[str] = (),
+        skip_bad: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if isinstance(classes, str):  # a lone string would become one class per letter
+            raise ConfigError(f"classes must be a sequence of names, got the string {classes!r}")
+        super().__init__(
+            classes=tuple(classes), ids=[], paths=[], labels=None, skip_bad=skip_bad,
+            max_pixels=max_pixels,
+        )  # fmt: skip
+
+    def _set_images(self, ids: Sequence[str], paths: Sequence[str | os.PathLike[str]]) -> None:
+        self._set_index(self.classes, ids, paths, None)
 
 
 def safe_relative_path(value: str, *, what: str, source: str) -> PurePosixPath:

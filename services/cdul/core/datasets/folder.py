@@ -18,19 +18,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cdul.core.datasets.base import IndexedDataset
+from cdul.core.datasets.base import UnlabeledDataset
 from cdul.core.errors import ConfigError, DatasetError
 from cdul.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
 __all__ = ["FolderDataset"]
 
 
-class FolderDataset(IndexedDataset):
-    """Images under ``root``, without labels.
-
-    ``classes`` may name the label set the images will be pseudo-labeled with, so a
-    folder carries it like any other dataset; :attr:`has_ground_truth` stays False.
-    """
+class FolderDataset(UnlabeledDataset):
+    """Images under ``root``, recursively, without labels."""
 
     def __init__(
         self,
@@ -40,11 +36,7 @@ class FolderDataset(IndexedDataset):
         skip_bad: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        super().__init__(
-            classes=(), ids=[], paths=[], labels=None, skip_bad=skip_bad, max_pixels=max_pixels
-        )
-        if isinstance(classes, str):  # a lone string would become one class per letter
-            raise ConfigError(f"classes must be a sequence of names, got the string {classes!r}")
+        super().__init__(classes=classes, skip_bad=skip_bad, max_pixels=max_pixels)
         self.root = Path(root)
         if not self.root.is_dir():
             raise ConfigError(f"image folder {str(self.root)!r} is not a directory")
@@ -54,9 +46,7 @@ class FolderDataset(IndexedDataset):
                 f"image folder {str(self.root)!r} holds no images "
                 f"(looked for {', '.join(IMAGE_EXTENSIONS)}, any case, recursively)"
             )
-        self._set_index(
-            tuple(classes), relative, [self.root.joinpath(*r.split("/")) for r in relative], None
-        )
+        self._set_images(relative, [self.root.joinpath(*r.split("/")) for r in relative])
 
     @property
     def spec(self) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cdul.core.datasets.base import IndexedDataset
-from cdul.core.errors import ConfigError, DatasetError, StorageError
+from cdul.core.datasets.base import UnlabeledDataset
+from cdul.core.errors import DatasetError, StorageError
 from cdul.core.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 from cdul.core.storage import open_store
 
 
-class S3Dataset(IndexedDataset):
+class S3Dataset(UnlabeledDataset):
     """Image objects under ``uri`` (``s3://BUCKET/PREFIX``), without labels."""
 
     def __init__(
@@ -28,11 +28,7 @@ class S3Dataset(IndexedDataset):
         skip_bad: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        super().__init__(
-            classes=(), ids=[], paths=[], labels=None, skip_bad=skip_bad, max_pixels=max_pixels
-        )
-        if isinstance(classes, str):  # a lone string would become one class per letter
-            raise ConfigError(f"classes must be a sequence of names, got the string {classes!r}")
+        super().__init__(classes=classes, skip_bad=skip_bad, max_pixels=max_pixels)
         self.uri = uri
         self.store = open_store(uri)
         keys = sorted(k for k in self.store.list() if k.lower().endswith(IMAGE_EXTENSIONS))
@@ -41,7 +37,7 @@ class S3Dataset(IndexedDataset):
                 f"{uri} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}, any case)"
             )
         self._keys = keys
-        self._set_index(tuple(classes), keys, [self.store.uri_for(k) for k in keys], None)
+        self._set_images(keys, [self.store.uri_for(k) for k in keys])
 
     @property
     def spec(self) -> str:
