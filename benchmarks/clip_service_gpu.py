@@ -27,7 +27,7 @@ from cdul.clip_service.client import SimilarityClient, label_set_ref
 from cdul.clip_service.server import ServerConfig, SimilarityServer
 from cdul.core.clip_scoring import ClipScorer
 from cdul.core.images import decode_image
-from cdul.core.method.snippets import parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec, snippet_count
 from cdul.world.generator import make_scene
 
 VOC_TRAIN_IMAGES = 5717
@@ -126,7 +126,10 @@ def main() -> None:
     rows = []
     for precision in args.precisions:
         for preprocess in args.preprocessors:
-            for spec, count in (("grid:3x3", args.grid_images), ("patch:16", args.patch_images)):
+            for spec, count in (
+                (DEFAULT_SNIPPET_SPEC, args.grid_images),
+                ("patch:16", args.patch_images),
+            ):
                 row = measure(args, precision, preprocess, spec, images[:count], None)
                 rows.append(row)
                 print(row, flush=True)

@@ -41,7 +41,7 @@ from cdul.core.clip_models import create_clip
 from cdul.core.clip_scoring import ClipScorer
 from cdul.core.images import decode_image
 from cdul.core.label_set import LabelSet
-from cdul.core.method.snippets import crop_snippets, parse_snippet_spec
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, crop_snippets, parse_snippet_spec
 from cdul.world.generator import make_scene
 from cdul.world.shapes import SHAPES
 from cdul.world.tiny_clip import MODEL_NAME, ensure_tiny_clip
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--naive-images", type=int, default=40)
-    parser.add_argument("--spec", default="grid:3x3")
+    parser.add_argument("--spec", default=DEFAULT_SNIPPET_SPEC)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--in-flight", type=int, default=32)
     parser.add_argument(

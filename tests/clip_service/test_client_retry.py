@@ -8,6 +8,7 @@ again and again, and the client's bookkeeping is what is under test.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -78,3 +79,44 @@ def test_a_stream_that_never_answers_gives_up_after_the_retry_budget(serve):
     with client, pytest.raises(SimilarityServiceError, match=r"UNAVAILABLE.*replica restarting"):
         list(client.score_stream([("img", b"bytes")], label_set_ref(["a"])))
     assert servicer.streams == FAST.attempts
+
+
+class DropsFirstStreamAfterOneAnswer(pb_grpc.SimilarityServicer):
+    """The first stream: answers one image, then fails at once (UNAVAILABLE) while the
+    client has nothing more to send; later streams answer everything."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+        self.lock = threading.Lock()
+
+    def ScoreStream(self, request_iterator, context):
+        with self.lock:
+            self.streams += 1
+            first = self.streams == 1
+        for request in request_iterator:
+            yield pb.SnippetResponse(id=request.image.id, snippet_count=1)
+            if first:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "replica restarting")
+
+
+@pytest.mark.timeout(60)
+def test_images_arriving_after_a_dropped_stream_are_all_answered(serve):
+    """The dropped stream's request iterator is still waiting for work on gRPC's sending
+    thread when the next images arrive: what it takes then goes back to the work for the
+    reopened stream, none is lost, and the end of the work is not swallowed either."""
+    servicer = DropsFirstStreamAfterOneAnswer()
+    dropped = threading.Event()
+
+    def images():
+        yield "img0", b"bytes"
+        dropped.wait(5)  # the first stream has failed and been reopened by now
+        time.sleep(0.5)
+        yield from ((f"img{i}", b"bytes") for i in range(1, 6))
+
+    with SimilarityClient([serve(servicer)], retry=FAST) as client:
+        answers = []
+        for answer in client.score_stream(images(), label_set_ref(["a"]), max_in_flight=4):
+            answers.append(answer.id)
+            dropped.set()
+    assert sorted(answers) == [f"img{i}" for i in range(6)]
+    assert servicer.streams == 2

@@ -107,7 +107,8 @@ def test_two_shards_and_merge_equal_one_run(make_config, s3_env, monkeypatch, ca
     label(make_config(mixed, limit=60, num_shards=2, shard_index=1, zeta=0.25))
     assert cli.main(["label-merge", mixed]) == 2
     err = capsys.readouterr().err
-    assert "shard-00001-of-00002 was made with other settings" in err and "zeta: 0.5 != 0.25" in err
+    assert "shard-00001-of-00002 was made with other settings" in err
+    assert "zeta: shard-00000-of-00002 0.5, shard-00001-of-00002 0.25" in err
     assert not open_store(mixed).exists(MANIFEST)
     # The job itself refuses to add to a run made with other settings.
     with pytest.raises(ConfigError, match=r"other settings.*snippet_spec"):
@@ -127,7 +128,7 @@ def test_corrupt_image_is_named_or_skipped_and_reported(make_config, damaged_wor
                                                         capsys):  # fmt: skip
     root, ids = damaged_world
     spec = f"voc:{root}:val"
-    with pytest.raises(DatasetError, match=rf"{ids[5]}\.jpg: cannot read image.*--skip-bad"):
+    with pytest.raises(DatasetError, match=rf"{ids[5]}\.jpg' does not exist.*--skip-bad"):
         label(make_config(f"file://{tmp_path}/strict", dataset=spec, limit=12))
     bad = root / "JPEGImages" / f"{ids[2]}.jpg"
     bad.write_bytes(bad.read_bytes()[:300])  # truncated: only the service's decoder notices
@@ -144,7 +145,7 @@ def test_corrupt_image_is_named_or_skipped_and_reported(make_config, damaged_wor
     skipped = {s["image_id"]: s for s in labels.manifest.skipped}
     assert set(skipped) == {ids[2], ids[5]}
     assert skipped[ids[2]]["path"].endswith(f"{ids[2]}.jpg")
-    assert "cannot read image" in skipped[ids[5]]["reason"]
+    assert "does not exist" in skipped[ids[5]]["reason"]
 
 
 def test_images_under_an_s3_prefix(make_config, s3_env, world_root, tmp_path):

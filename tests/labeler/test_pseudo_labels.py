@@ -93,7 +93,8 @@ def test_merge_refuses_an_unfinished_shard(store):
 
 @pytest.mark.parametrize(
     "change, words",
-    [({"zeta": 0.25}, "zeta: shard-00000-of-00002 0.5, shard-00001-of-00002 0.25"), ({"snippet_spec": "patch:16"}, "snippet_spec"),
+    [({"zeta": 0.25}, "zeta: shard-00000-of-00002 0.5, shard-00001-of-00002 0.25"),
+     ({"snippet_spec": "patch:16"}, "snippet_spec"),
      ({"clip_pretrained": "openai"}, "clip_pretrained"), ({"classes": ["a", "b", "c"]}, "classes")],
 )  # fmt: skip
 def test_merge_refuses_inconsistent_settings(store, change, words):

@@ -4,7 +4,7 @@ Request threads submit the views of one image (the whole image and its snippets)
 wait on a future. The views come preprocessed, or as a function that preprocesses them:
 the worker then calls it just before the forward. On a CPU-only server that is faster
 (the encoder's intra-op threads and the preprocessing no longer fight over the same
-cores, see ``benchmarks/p1_p2_clip_service.py``); on a GPU, request threads preprocess
+cores, see ``benchmarks/clip_service_vs_in_process.py``); on a GPU, request threads preprocess
 while the device encodes.
 
 The worker is the service's one torch thread: :meth:`DynamicBatcher.call` runs other
@@ -34,18 +34,21 @@ from typing import TypeVar
 
 import torch
 
+from cdul.core.errors import CdulError
+
 
 def single_threaded_torch() -> None:
     """Make the calling thread run torch ops inline (no OpenMP team of its own)."""
     torch.set_num_threads(1)  # per thread: OpenMP's nthreads ICV and MKL's local setting
 
 
-class QueueFullError(RuntimeError):
-    """The batcher's queue holds too many views; the caller should back off."""
+class QueueFullError(CdulError):
+    """The batcher's queue holds too many views; the caller should back off
+    (RESOURCE_EXHAUSTED to a gRPC client)."""
 
 
-class BatcherClosedError(RuntimeError):
-    """The batcher is shutting down and takes no new work."""
+class BatcherClosedError(CdulError):
+    """The batcher is shutting down and takes no new work (UNAVAILABLE to a gRPC client)."""
 
 
 T = TypeVar("T")
@@ -95,7 +98,8 @@ class DynamicBatcher:
 
     def submit(self, pixels: Pixels, views: int | None = None) -> Future[torch.Tensor]:
         """Queue ``(n, 3, H, W)`` pixels, or a function returning them (then ``views`` = n);
-        the future resolves to ``(n, D)`` embeddings, or to the function's exception."""
+        the future resolves to ``(n, D)`` embeddings, or to the function's exception.
+        Cancelling the future before the worker takes it drops the job."""
         future: Future[torch.Tensor] = Future()
         if callable(pixels):
             if views is None or views < 1:
@@ -173,6 +177,10 @@ class DynamicBatcher:
     def _encode_batch(self, jobs: list[_Job]) -> None:
         ready: list[tuple[_Job, torch.Tensor]] = []
         for job in jobs:
+            # A caller that gave up (a cancelled stream) cancelled its future: its views
+            # are neither preprocessed nor encoded.
+            if not job.future.set_running_or_notify_cancel():
+                continue
             try:
                 ready.append((job, job.materialize()))
             except Exception as error:  # one bad image fails its own request only

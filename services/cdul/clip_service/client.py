@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -29,6 +31,7 @@ from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
 from cdul.core.errors import CdulError
 from cdul.core.label_set import DEFAULT_TEMPLATE
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC
 from cdul.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,7 @@ class SimilarityClient:
         image_id: str,
         data: bytes,
         labels: pb.LabelSetRef,
-        spec: str = "grid:3x3",
+        spec: str = DEFAULT_SNIPPET_SPEC,
         zeta: float | None = None,
         include_snippets: bool = False,
     ) -> pb.SnippetResponse:
@@ -142,7 +145,7 @@ class SimilarityClient:
         self,
         images: Iterable[tuple[str, bytes]],
         labels: pb.LabelSetRef,
-        spec: str = "grid:3x3",
+        spec: str = DEFAULT_SNIPPET_SPEC,
         max_in_flight: int = 32,
     ) -> Iterator[pb.SnippetResponse]:
         """Global + snippet scores for every image, spread over the endpoints' streams
@@ -152,46 +155,71 @@ class SimilarityClient:
         an answer with ``error`` set, not an exception. A stream that fails with
         UNAVAILABLE is reopened and its unanswered images are sent again.
         """
-        answers: queue.Queue = queue.Queue()
-        streams = [
-            (stub, endpoint)
-            for stub, endpoint in zip(self._stubs, self.endpoints, strict=True)
-            for _ in range(self.streams_per_endpoint)
-        ]
-        work: queue.Queue = queue.Queue(maxsize=max_in_flight * len(streams))
-        done = object()
+        stream_count = len(self._stubs) * self.streams_per_endpoint
+        work: queue.Queue[pb.SnippetRequest | _End] = queue.Queue(
+            maxsize=max_in_flight * stream_count
+        )
+        answers: queue.Queue[pb.SnippetResponse | Exception | _End] = queue.Queue()
 
         def feed() -> None:
             for image_id, data in images:
                 work.put(pb.SnippetRequest(labels=labels, image=pb.Image(id=image_id, data=data),
                                            snippet_spec=spec))  # fmt: skip
-            for _ in streams:
-                work.put(done)
+            for _ in range(stream_count):
+                work.put(_END)
 
-        def drive(stub: pb_grpc.SimilarityStub, endpoint: str) -> None:
-            try:
-                self._drive_stream(stub, endpoint, work, answers, done, max_in_flight)
-            except Exception as error:  # surfaced to the consumer below
-                answers.put(error)
-            finally:
-                answers.put(done)
-
+        drivers = [
+            _StreamDriver(stub, endpoint, work, answers, max_in_flight, self.retry)
+            for stub, endpoint in zip(self._stubs, self.endpoints, strict=True)
+            for _ in range(self.streams_per_endpoint)
+        ]
         threads = [threading.Thread(target=feed, daemon=True)] + [
-            threading.Thread(target=drive, args=stream, daemon=True) for stream in streams
+            threading.Thread(target=driver.run, daemon=True) for driver in drivers
         ]
         for thread in threads:
             thread.start()
         finished = 0
-        while finished < len(streams):
+        while finished < stream_count:
             item = answers.get()
-            if item is done:
+            if isinstance(item, _End):
                 finished += 1
             elif isinstance(item, Exception):
                 raise item
             else:
                 yield item
 
-    def _drive_stream(self, stub, endpoint, work, answers, done, max_in_flight) -> None:
+
+class _End:
+    """The end of the work (in the shared work queue), or of one stream's answers."""
+
+
+_END = _End()
+
+
+@dataclass
+class _StreamDriver:
+    """One of :meth:`SimilarityClient.score_stream`'s streams: takes requests from the
+    shared ``work`` until it ends, ``max_in_flight`` of them unanswered at most, and puts
+    the answers on ``answers``, then ``_END`` (after the error, if it failed for good).
+    A stream that fails with a retryable code is reopened and its unanswered requests
+    are sent again, first."""
+
+    stub: pb_grpc.SimilarityStub
+    endpoint: str
+    work: queue.Queue[pb.SnippetRequest | _End]
+    answers: queue.Queue[pb.SnippetResponse | Exception | _End]
+    max_in_flight: int
+    retry: RetryPolicy
+
+    def run(self) -> None:
+        try:
+            self._drive()
+        except Exception as error:  # surfaced to score_stream's caller
+            self.answers.put(error)
+        finally:
+            self.answers.put(_END)
+
+    def _drive(self) -> None:
         # The retry budget counts failures in a row: a stream that got an answer since
         # its last failure starts afresh, so a long run survives any number of replica
         # restarts, while a server that never answers still fails after the policy's
@@ -200,61 +228,95 @@ class SimilarityClient:
         resend: list[pb.SnippetRequest] = []
         exhausted = False
         while True:
-            slots = threading.Semaphore(max_in_flight)
-            in_flight: dict[str, list[pb.SnippetRequest]] = {}
-            lock = threading.Lock()
-            state = {"exhausted": exhausted}
+            attempt = _Attempt(resend, exhausted, self.max_in_flight)
             answered = False
-
             try:
-                for response in stub.ScoreStream(
-                    _requests(resend, slots, state, lock, in_flight, work, done), timeout=None
-                ):
+                for response in self.stub.ScoreStream(attempt.requests(self.work), timeout=None):
                     if not answered:
                         answered, backoffs = True, self.retry.backoffs()
-                    with lock:
-                        queued = in_flight.get(response.id)
-                        if queued:
-                            queued.pop(0)
-                            if not queued:
-                                del in_flight[response.id]
-                    answers.put(response)
-                    slots.release()
-                with lock:
-                    if not in_flight and state["exhausted"]:
-                        return
-                    resend = [r for rs in in_flight.values() for r in rs]
-                    exhausted = state["exhausted"]
+                    attempt.record_answer(response)
+                    self.answers.put(response)
+                    attempt.slots.release()
+                resend, exhausted = attempt.close()
                 if not resend and exhausted:
                     return
             except grpc.RpcError as error:
+                resend, exhausted = attempt.close()
                 delay = next(backoffs, None) if error.code() in RETRYABLE else None
                 if delay is None:
                     raise SimilarityServiceError(
-                        error.code(), f"ScoreStream to {endpoint}: {error.details()}"
+                        error.code(), f"ScoreStream to {self.endpoint}: {error.details()}"
                     ) from None
-                with lock:
-                    resend = [r for rs in in_flight.values() for r in rs]
-                    exhausted = state["exhausted"]
-                log.warning("ScoreStream to %s: %s; resending %d images in %.2fs", endpoint,
-                            error.code().name, len(resend), delay)  # fmt: skip
+                log.warning("ScoreStream to %s: %s; resending %d images in %.2fs",
+                            self.endpoint, error.code().name, len(resend), delay)  # fmt: skip
                 time.sleep(delay)
 
 
-def _requests(resend, slots, state, lock, in_flight, work, done) -> Iterator[pb.SnippetRequest]:
-    """One stream's requests: resent ones first, then new work, one free slot each."""
-    pending = list(resend)
-    while True:
-        slots.acquire()
-        if pending:
-            request = pending.pop(0)
-        elif state["exhausted"]:
-            return
-        else:
-            request = work.get()
-            if request is done:
-                state["exhausted"] = True
-                return
-        with lock:
-            in_flight.setdefault(request.image.id, []).append(request)
-        yield request
+class _Attempt:
+    """One opening of a stream. Its request iterator runs on gRPC's sending thread and
+    its answers arrive on the driver's: ``lock`` guards the attempt's state between them.
+
+    gRPC's sending thread can outlive the stream: still waiting for work when the stream
+    fails, it takes the next item later. :meth:`close` marks the attempt over, so such an
+    item goes back to the shared work (for the next attempt or another stream) instead of
+    being lost (an image) or swallowed (the end of the work), and the requests still to
+    resend go to the next attempt with the unanswered ones."""
+
+    def __init__(self, resend: list[pb.SnippetRequest], exhausted: bool, slots: int) -> None:
+        self.pending = collections.deque(resend)  # to send first
+        self.exhausted = exhausted  # the shared work has ended for this stream
+        self.slots = threading.Semaphore(slots)  # one per request in flight
+        self._slot_count = slots
+        self.in_flight: dict[str, list[pb.SnippetRequest]] = {}
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def requests(self, work: queue.Queue[pb.SnippetRequest | _End]) -> Iterator[pb.SnippetRequest]:
+        """Resent requests first, then new work, one free slot each."""
+        while True:
+            self.slots.acquire()
+            with self.lock:
+                if self.closed or (self.exhausted and not self.pending):
+                    return
+                request = self.pending.popleft() if self.pending else None
+                if request is not None:
+                    self._send(request)
+            if request is None:
+                taken = work.get()
+                with self.lock:
+                    late = self.closed
+                    if not late and isinstance(taken, _End):
+                        self.exhausted = True
+                    elif not late:
+                        self._send(taken)
+                if late:
+                    work.put(taken)
+                    return
+                if isinstance(taken, _End):
+                    return
+                request = taken
+            yield request
+
+    def _send(self, request: pb.SnippetRequest) -> None:
+        self.in_flight.setdefault(request.image.id, []).append(request)
+
+    def record_answer(self, response: pb.SnippetResponse) -> None:
+        with self.lock:
+            queued = self.in_flight.get(response.id)
+            if queued:
+                queued.pop(0)
+                if not queued:
+                    del self.in_flight[response.id]
+
+    def close(self) -> tuple[list[pb.SnippetRequest], bool]:
+        """End the attempt: the requests sent and not answered, then those not resent
+        yet, and whether the work has ended. Wakes a sending thread that waits for a
+        slot, so it sees the attempt is over."""
+        with self.lock:
+            self.closed = True
+            unanswered = [r for rs in self.in_flight.values() for r in rs]
+            unanswered += list(self.pending)
+            self.pending.clear()
+            exhausted = self.exhausted
+        self.slots.release(self._slot_count)
+        return unanswered, exhausted

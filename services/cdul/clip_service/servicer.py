@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -32,19 +31,25 @@ from cdul.clip_service.batcher import (
     single_threaded_torch,
 )
 from cdul.clip_service.metrics import ServiceMetrics
+from cdul.clip_service.streaming import PipelinedStream
 from cdul.core.clip_scoring import ClipScorer
-from cdul.core.errors import ConfigError
-from cdul.core.images import ImageDecodeError, decode_image
+from cdul.core.errors import CdulError, ConfigError
+from cdul.core.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from cdul.core.label_set import DEFAULT_TEMPLATE, LabelSet
 from cdul.core.method.aggregation import aggregate
-from cdul.core.method.snippets import SnippetSpec, parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import (
+    DEFAULT_SNIPPET_SPEC,
+    SnippetSpec,
+    parse_snippet_spec,
+    snippet_count,
+)
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 50_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_snippets: int = 4096
     max_images_per_request: int = 256
     max_classes: int = 2048
@@ -65,14 +70,22 @@ class _Prepared:
     embeddings: Future[torch.Tensor]
 
 
-class RequestError(Exception):
+#: What the stream pool makes of one request: when it started, and its queued views or
+#: (when it failed) its answer.
+_Taken = tuple[float, _Prepared | pb.SnippetResponse]
+
+
+class RequestRejected(CdulError):
+    """The service refuses one request; ``code`` is the gRPC status the client gets
+    (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED or UNAVAILABLE)."""
+
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-def _invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _invalid(message: str) -> RequestRejected:
+    return RequestRejected(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _scores(cosine: torch.Tensor, probability: torch.Tensor) -> pb.Scores:
@@ -110,7 +123,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             with self._label_lock:
                 labels = self._label_sets.get(ref.digest)
             if labels is None:
-                raise RequestError(
+                raise RequestRejected(
                     grpc.StatusCode.NOT_FOUND,
                     f"unknown label set digest {ref.digest!r}: send the label set by value once",
                 )
@@ -135,7 +148,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             try:
                 future = self.batcher.call(self.scorer.text_embeddings, labels)
             except BatcherClosedError as error:
-                raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+                raise RequestRejected(grpc.StatusCode.UNAVAILABLE, str(error)) from None
             text = future.result(timeout=self.limits.result_timeout_s)
         return labels, text
 
@@ -159,15 +172,15 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             return self.batcher.submit(pixels())
         except QueueFullError as error:
             self.metrics.queue_full.inc()
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+            raise RequestRejected(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
         except BatcherClosedError as error:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+            raise RequestRejected(grpc.StatusCode.UNAVAILABLE, str(error)) from None
 
     def _snippet_prepare(self, request: pb.SnippetRequest) -> _Prepared:
         """Validate, decode once, cut and preprocess, and queue the views for encoding."""
         labels, text = self._label_set(request.labels)
         try:
-            spec = parse_snippet_spec(request.snippet_spec or "grid:3x3")
+            spec = parse_snippet_spec(request.snippet_spec or DEFAULT_SNIPPET_SPEC)
         except ConfigError as error:
             raise _invalid(str(error)) from None
         if request.HasField("zeta") and not 0.0 <= request.zeta <= 1.0:
@@ -223,7 +236,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         code = grpc.StatusCode.OK
         try:
             return answer()
-        except RequestError as error:
+        except RequestRejected as error:
             code = error.code
             context.abort(error.code, str(error))
         except Exception:
@@ -293,50 +306,58 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
     def ScoreStream(
         self, request_iterator: Iterator[pb.SnippetRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.SnippetResponse]:
-        # A reader thread keeps taking requests while answers are computed, so a client
-        # that waits for answers before sending more can never deadlock the stream.
-        pending: queue.Queue = queue.Queue(maxsize=self.limits.stream_in_flight)
-        done = object()
+        # Pool threads only decode, cut and queue: they never wait for the encoder, so a
+        # few of them keep the batcher fed; the call's thread waits for the encodings.
+        stream = PipelinedStream(
+            request_iterator,
+            context,
+            start=lambda request: self._stream_pool.submit(self._stream_prepare, request),
+            answer=self._stream_answer,
+            abandon=_cancel_encoding,
+            capacity=self.limits.stream_in_flight,
+            name="clip-stream-reader",
+        )
+        return stream.responses()
 
-        def failed(request: pb.SnippetRequest, code: grpc.StatusCode, message: str):
-            self.metrics.requests.labels("ScoreStream", code.name).inc()
-            return pb.SnippetResponse(id=request.image.id, error=message, error_code=code.name)
+    def _stream_prepare(self, request: pb.SnippetRequest) -> _Taken:
+        """On a pool thread: validate, decode, cut and queue the views (or fail the item)."""
+        start = time.perf_counter()
+        try:
+            return start, self._snippet_prepare(request)
+        except RequestRejected as error:
+            return start, self._stream_failed(request, error.code, str(error))
+        except Exception as error:
+            log.exception("ScoreStream item %r failed", request.image.id)
+            message = f"internal error: {error}"
+            return start, self._stream_failed(request, grpc.StatusCode.INTERNAL, message)
 
-        def prepare(request: pb.SnippetRequest) -> tuple[float, _Prepared | pb.SnippetResponse]:
-            # Pool threads only decode, cut and queue: they never wait for the encoder, so
-            # a few of them keep the batcher fed.
-            start = time.perf_counter()
-            try:
-                return start, self._snippet_prepare(request)
-            except RequestError as error:
-                return start, failed(request, error.code, str(error))
-            except Exception as error:
-                log.exception("ScoreStream item %r failed", request.image.id)
-                return start, failed(request, grpc.StatusCode.INTERNAL, f"internal error: {error}")
+    def _stream_answer(self, taken: _Taken) -> pb.SnippetResponse:
+        """On the call's thread: wait for the encodings, answer Eq. 1-6."""
+        start, prepared = taken
+        if isinstance(prepared, pb.SnippetResponse):
+            return prepared
+        try:
+            response = self._snippet_finish(prepared)
+            self.metrics.requests.labels("ScoreStream", "OK").inc()
+        except CancelledError:  # the call ended: its stream ends without an answer
+            raise
+        except Exception as error:
+            log.exception("ScoreStream item %r failed", prepared.request.image.id)
+            message = f"internal error: {error}"
+            response = self._stream_failed(prepared.request, grpc.StatusCode.INTERNAL, message)
+        self.metrics.latency.labels("ScoreStream").observe(time.perf_counter() - start)
+        return response
 
-        def finish(start: float, prepared: _Prepared | pb.SnippetResponse) -> pb.SnippetResponse:
-            if isinstance(prepared, pb.SnippetResponse):
-                return prepared
-            try:
-                response = self._snippet_finish(prepared)
-                self.metrics.requests.labels("ScoreStream", "OK").inc()
-            except Exception as error:
-                log.exception("ScoreStream item %r failed", prepared.request.image.id)
-                response = failed(
-                    prepared.request, grpc.StatusCode.INTERNAL, f"internal error: {error}"
-                )
-            self.metrics.latency.labels("ScoreStream").observe(time.perf_counter() - start)
-            return response
+    def _stream_failed(
+        self, request: pb.SnippetRequest, code: grpc.StatusCode, message: str
+    ) -> pb.SnippetResponse:
+        """A failed item is an answer with ``error`` set; the stream goes on."""
+        self.metrics.requests.labels("ScoreStream", code.name).inc()
+        return pb.SnippetResponse(id=request.image.id, error=message, error_code=code.name)
 
-        def read() -> None:
-            try:
-                for request in request_iterator:
-                    pending.put(self._stream_pool.submit(prepare, request))
-            except Exception as error:  # the client went away; stop quietly
-                log.debug("ScoreStream reader ended: %s", error)
-            finally:
-                pending.put(done)
 
-        threading.Thread(target=read, name="clip-stream-reader", daemon=True).start()
-        while (future := pending.get()) is not done:
-            yield finish(*future.result())
+def _cancel_encoding(taken: _Taken) -> None:
+    """Drop the views of an abandoned stream item from the encoder's queue (unless it is
+    encoding them already)."""
+    if isinstance(prepared := taken[1], _Prepared):
+        prepared.embeddings.cancel()
