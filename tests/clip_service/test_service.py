@@ -139,7 +139,7 @@ def test_preprocessing_in_request_threads_gives_the_same_answers(server, client,
                 assert torch.allclose(torch.tensor(a.beta), torch.tensor(b.beta), atol=1e-6)
     finally:
         other.stop(grace_s=1.0)
-    with pytest.raises(ConfigError, match="preprocess_in"):
+    with pytest.raises(ConfigError, match="--preprocess-in must be"):
         SimilarityServer(ServerConfig(port=0, metrics_port=None, preprocess_in="gpu"))
 
 

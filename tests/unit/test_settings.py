@@ -135,3 +135,20 @@ def test_a_preset_replaces_defaults_and_flags_still_win() -> None:
     assert (world.epochs, world.lr) == (3, 1e-5)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(set(preset) <= fields for preset in PRESETS.values())
+
+
+def test_server_config_refuses_bad_settings_naming_the_flag(capsys) -> None:
+    from cdul.cli import main
+    from cdul.clip_service.server import ServerConfig
+
+    for bad, message in (({"max_batch": 0}, "--max-batch must be >= 1"),
+                         ({"port": 70000}, "--port must be within"),
+                         ({"tls_cert": "cert.pem"}, "--tls-cert and --tls-key go together"),
+                         ({"preprocess_in": "gpu"}, "--preprocess-in must be")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            ServerConfig(**bad)
+    # from the command line: one line, exit 2, no traceback
+    assert main(["clip-serve", "--max-batch", "0"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "cdul clip-serve: error: --max-batch must be >= 1, got 0"
+    )

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Similarity"].full_name
 
 
+PREPROCESS_IN = ("requests", "batcher")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     model: str = setting("RN50", "open_clip model name")
@@ -72,8 +75,23 @@ class ServerConfig:
     tls_key: Path | None = setting(None, "TLS private key (PEM)", type=Path)
     limits: Limits = field(default_factory=Limits)
 
-
-PREPROCESS_IN = ("requests", "batcher")
+    def __post_init__(self) -> None:
+        at_least_one = {"max-batch": self.max_batch, "max-queue-views": self.max_queue_views,
+                        "workers": self.workers, "max_message_mb": self.max_message_mb}  # fmt: skip
+        for name, value in at_least_one.items():
+            if value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        if self.max_wait_ms < 0 or self.grace_s < 0:
+            raise ConfigError("--max-wait-ms and --grace must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be within 0..65535 (0: any free one), got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.preprocess_in not in ("auto", *PREPROCESS_IN):
+            raise ConfigError(
+                f"--preprocess-in must be auto or one of {PREPROCESS_IN}, "
+                f"got {self.preprocess_in!r}"
+            )
 
 
 def resolve_device(device: str, precision: str, preprocess: str) -> tuple[str, str, str]:
@@ -101,11 +119,6 @@ class SimilarityServer:
         self.preprocess_in = config.preprocess_in
         if self.preprocess_in == "auto":
             self.preprocess_in = "batcher" if self.device == "cpu" else "requests"
-        if self.preprocess_in not in PREPROCESS_IN:
-            raise ConfigError(
-                f"preprocess_in must be auto or one of {PREPROCESS_IN}, "
-                f"got {config.preprocess_in!r}"
-            )
         self.metrics = ServiceMetrics()
         limit = config.max_message_mb * 1024 * 1024
         self.grpc_server = grpc.server(
