@@ -79,3 +79,16 @@ def test_open_clips_info_lines_reach_the_console_only_with_verbose(
     assert "INFO cdul.test: the project's own line" in err
     shown = [message for message in open_clip_info if message in err]
     assert shown == (open_clip_info if verbose else [])
+
+
+def test_random_clip_weights_asked_for_raise_no_warning(caplog) -> None:
+    """open_clip warns 'Model initialized randomly' on the root logger; when the caller
+    asked for random weights (the world's CLIP before training) that is noise."""
+    import logging
+
+    from cdul.core.clip_models import create_clip
+
+    with caplog.at_level(logging.INFO):
+        create_clip("cdul-tiny-rn", None)
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    assert not logging.getLogger().filters  # the filter does not outlive the call

@@ -12,7 +12,10 @@ here loads exactly like ``RN50`` with ``openai`` weights::
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,9 +70,10 @@ def create_clip(
     if looks_like_path and not Path(pretrained).is_file():
         raise ConfigError(f"CLIP checkpoint {pretrained!r} does not exist")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, precision=precision
-        )
+        with _quiet_about_random_weights(pretrained is None):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device, precision=precision
+            )
     except RuntimeError as error:  # open_clip raises RuntimeError for unknown tags
         raise ConfigError(
             f"cannot load CLIP {model_name} weights {pretrained!r}: {error}"
@@ -93,3 +97,24 @@ def create_clip(
         # nn.Linear or absent in others. create_clip only loads registered configs.
         embed_dim=int(open_clip.get_model_config(model_name)["embed_dim"]),
     )
+
+
+class _RandomWeightsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_about_random_weights(asked: bool) -> Iterator[None]:
+    """open_clip warns (on the root logger) when a model gets no pretrained weights;
+    when the caller asked for random weights (training the world's CLIP, tests) that
+    warning only alarms whoever reads the console."""
+    if not asked:
+        yield
+        return
+    quiet = _RandomWeightsWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
