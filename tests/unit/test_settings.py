@@ -29,8 +29,8 @@ class _Config:
 def test_flags_are_made_from_the_fields() -> None:
     parser = add_flags(argparse.ArgumentParser(), _Config)
     defaults = parser.parse_args([])
-    assert vars(defaults) == {"size": 3, "rate": 0.5, "verbose": False, "progress": True,
-                              "amp": None, "limit": None}  # fmt: skip
+    assert vars(defaults) == {"_settings_file": None, "size": 3, "rate": 0.5, "verbose": False,
+                              "progress": True, "amp": None, "limit": None}  # fmt: skip
     args = parser.parse_args(["--size", "7", "--learning-rate", "0.1", "--verbose",
                               "--no-progress", "--no-amp", "--limit", "4"])  # fmt: skip
     config = from_args(_Config, args, name="x")
@@ -152,3 +152,62 @@ def test_server_config_refuses_bad_settings_naming_the_flag(capsys) -> None:
     assert (
         capsys.readouterr().err.strip() == "cdul clip-serve: error: --max-batch must be >= 1, got 0"
     )
+
+
+def test_a_settings_file_replaces_defaults_and_flags_still_win(tmp_path) -> None:
+    import json
+
+    from cdul.trainer.config import TrainConfig, from_args
+
+    def config(*flags: str) -> TrainConfig:
+        return from_args(build_parser("train").parse_args(["train", "r", "voc:/x", *flags]))
+
+    # A run's stored training/config.json: paths are not settings and are ignored.
+    stored = {**dataclasses.asdict(config("--preset", "world", "--epochs", "4")),
+              "labels": "file:///elsewhere", "output": "file:///elsewhere"}  # fmt: skip
+    settings = tmp_path / "config.json"
+    settings.write_text(json.dumps(stored))
+    again = config("--config", str(settings))
+    assert (again.arch, again.epochs, again.lr, again.labels) == ("resnet18", 4, 1e-4, "r")
+    assert config("--config", str(settings), "--epochs", "9").epochs == 9  # the flag wins
+    # over a preset too: file > preset > the field's default
+    assert config("--preset", "paper", "--config", str(settings)).arch == "resnet18"
+
+    settings.write_text(json.dumps({"epochs": 2, "learning_rate": 0.1}))
+    with pytest.raises(ConfigError, match=r"unknown settings \['learning_rate'\]"):
+        config("--config", str(settings))
+    settings.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        config("--config", str(settings))
+    settings.write_text("{not json")
+    with pytest.raises(ConfigError, match="does not parse"):
+        config("--config", str(settings))
+    with pytest.raises(ConfigError, match="cannot read the settings file"):
+        config("--config", str(tmp_path / "missing.json"))
+
+
+def test_clip_serve_settings_file_keeps_the_commands_spellings_of_none(
+    tmp_path, monkeypatch
+) -> None:
+    from cdul.clip_service import command
+
+    settings = tmp_path / "server.yaml"
+    settings.write_text("max_batch: 8\npretrained: none\nmetrics_port: -1\n")
+    args = build_parser("clip-serve").parse_args(["clip-serve", "--config", str(settings)])
+    captured = {}
+
+    class Resolved(Exception):
+        pass
+
+    def stand_in(config):
+        # What is under test is the config the command resolves; a real server would
+        # load a CLIP and bind ports, which other tests do.
+        captured["config"] = config
+        raise Resolved
+
+    monkeypatch.setattr(command, "SimilarityServer", stand_in)
+    with pytest.raises(Resolved):
+        command.run(args)
+    config = captured["config"]
+    assert (config.max_batch, config.pretrained, config.metrics_port) == (8, None, None)
+    assert config.max_wait_ms == 5.0 and config.model == "RN50"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from dataclasses import replace
 
 from cdul.clip_service.server import ServerConfig, SimilarityServer
 from cdul.clip_service.servicer import Limits
-from cdul.core.settings import add_flags, from_args, given
+from cdul.core.settings import add_flags, from_args
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +24,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cdul.clip_service.launch import READY
 
-    pretrained, metrics_port = given(args.pretrained), given(args.metrics_port)
     config = from_args(
         ServerConfig,
         args,
-        pretrained=None if pretrained.lower() == "none" else pretrained,
-        metrics_port=None if metrics_port < 0 else metrics_port,
         limits=Limits(max_pixels=args.max_pixels, max_snippets=args.max_snippets),
+    )
+    # The command line's spellings of "none": --pretrained none, --metrics-port -1.
+    pretrained, metrics_port = config.pretrained, config.metrics_port
+    config = replace(
+        config,
+        pretrained=None if pretrained is None or pretrained.lower() == "none" else pretrained,
+        metrics_port=None if metrics_port is None or metrics_port < 0 else metrics_port,
     )
     server = SimilarityServer(config)
     stop = threading.Event()

@@ -17,12 +17,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Default", "add_flags", "differences", "flag_name", "from_args", "given", "setting"]
+from cdul.core.errors import ConfigError
+
+__all__ = [
+    "Default",
+    "add_flags",
+    "differences",
+    "flag_name",
+    "from_args",
+    "read_settings_file",
+    "setting",
+]
 
 _FLAG = "cdul.flag"
 
@@ -63,11 +75,6 @@ class Default:
         return self.value == (other.value if isinstance(other, Default) else other)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def given(value: Any) -> Any:
-    """``value`` itself, whether given on the command line or a :class:`Default`."""
-    return value.value if isinstance(value, Default) else value
 
 
 def _flag_fields(cls: type) -> list[dataclasses.Field]:
@@ -113,9 +120,19 @@ def _type_of(cls: type, field: dataclasses.Field) -> Any:
 def add_flags(
     parser: argparse.ArgumentParser, cls: type, exclude: Iterable[str] = ()
 ) -> argparse.ArgumentParser:
-    """Add a flag for every :func:`setting` field of ``cls`` (but ``exclude``)."""
+    """Add a flag for every :func:`setting` field of ``cls`` (but ``exclude``), and
+    ``--config FILE``: a JSON (or, with PyYAML installed, YAML) mapping of field names
+    to values that replaces the defaults; flags given on the command line still win."""
     groups: dict[str, Any] = {}
     skipped = set(exclude)
+    parser.add_argument(
+        "--config",
+        dest="_settings_file",
+        metavar="FILE",
+        default=None,
+        help="settings file (JSON, or YAML with PyYAML): field names -> values, replacing "
+        "the defaults below; flags still win (a run's stored config.json works)",
+    )
     for field in _flag_fields(cls):
         if field.name in skipped:
             continue
@@ -128,20 +145,55 @@ def add_flags(
     return parser
 
 
+def read_settings_file(path: str, cls: type) -> dict[str, Any]:
+    """The settings a ``--config`` file gives for ``cls``: its keys that name flag
+    fields (others, such as a stored run's paths, are not settings and are ignored);
+    ConfigError for an unreadable file, one that is not a mapping, or a key that is
+    neither a field nor anything ``cls`` knows."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read the settings file {path}: {error.strerror}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml  # only needed for YAML files
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise ConfigError(f"{path}: YAML settings need PyYAML; use JSON instead") from None
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
+        raise ConfigError(f"the settings file {path} does not parse: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"the settings file {path} must hold a mapping of names to values")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"the settings file {path} names unknown settings {unknown}")
+    flags = {f.name for f in _flag_fields(cls)}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in flags}
+
+
 def from_args(
     cls: type, args: argparse.Namespace, preset: Mapping[str, Any] | None = None, **values: Any
 ) -> Any:
-    """``cls`` from the parsed flags of its fields; ``preset`` replaces the defaults of
-    flags that were not given; ``values`` win over both."""
+    """``cls`` from the parsed flags of its fields. Flags that were not given take, in
+    this order of precedence, the ``--config`` file's value, the ``preset``'s, the
+    field's default; ``values`` win over everything."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(preset or {}) - names
     if unknown:
         raise ValueError(f"preset names unknown settings {sorted(unknown)}")
+    defaults = dict(preset or {})
+    settings_file = getattr(args, "_settings_file", None)
+    if settings_file:
+        defaults.update(read_settings_file(settings_file, cls))
     parsed = {}
     for name, value in vars(args).items():
         if name in names:
             default = isinstance(value, Default)
-            parsed[name] = (preset or {}).get(name, value.value) if default else value
+            parsed[name] = defaults.get(name, value.value) if default else value
     return cls(**{**parsed, **values})
 
 
