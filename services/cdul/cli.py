@@ -59,6 +59,15 @@ COMMANDS: dict[str, Command] = {
     "serve-ready": Command(
         "cdul.serving.readiness", "exit 0 once a TorchServe model has a READY worker (probes)"
     ),
+    "label-gallery": Command(
+        "cdul.labeler.gallery", "a static HTML gallery of a run's labels (thumbnails, per class)"
+    ),
+    "label-export": Command(
+        "cdul.labeler.export", "export a run's labels: CSV, JSON, Label Studio tasks, FiftyOne"
+    ),
+    "label-import": Command(
+        "cdul.labeler.review", "reviewed labels (Label Studio export, CSV) into a run for training"
+    ),
     "train": Command(
         "cdul.trainer.command", "train the classifier on pseudo labels (Eq. 8), export a .mar"
     ),

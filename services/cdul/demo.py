@@ -107,11 +107,19 @@ def run(args: argparse.Namespace) -> int:
         server = serve(stack, run_uri, workdir)
         served = predict(server, world, args.show)
     # Everything started above is stopped here (ExitStack), whatever happened.
-    return summarise(args, run_uri, served, time.monotonic() - started)
+    gallery = label_gallery(run_uri, workdir)
+    return summarise(args, run_uri, served, gallery, time.monotonic() - started)
+
+
+def label_gallery(run_uri: str, workdir: Path) -> Path:
+    _stage("7/7 the pseudo labels to look at: a static HTML gallery")
+    output = workdir / "gallery"
+    _run("gallery", ["label-gallery", run_uri, "-o", str(output)])
+    return output / "index.html"
 
 
 def generate_world(args: argparse.Namespace, workdir: Path) -> Path:
-    _stage("1/6 the embedded world (VOC layout)")
+    _stage("1/7 the embedded world (VOC layout)")
     world = workdir / f"world-s{args.seed}-{args.train_scenes}-{args.val_scenes}"
     if (world / "ImageSets" / "Main" / "val.txt").is_file():
         print(f"reusing {world}")
@@ -122,12 +130,12 @@ def generate_world(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 def world_models(args: argparse.Namespace) -> dict[str, str]:
-    _stage("2/6 tiny CLIP and backbone (trained once, then cached)")
+    _stage("2/7 tiny CLIP and backbone (trained once, then cached)")
     return json.loads(_run("models", ["world", "models", "--json", "--seed", str(args.seed)]))
 
 
 def label(models: dict[str, str], world: Path, run_uri: str, snippets: str, workdir: Path) -> None:
-    _stage("3/6 CLIP similarity service (gRPC) + labeler")
+    _stage("3/7 CLIP similarity service (gRPC) + labeler")
     with ExitStack() as service:  # stopped once the labels are written
         endpoint = _start_clip_service(service, models, workdir / "clip-service.log")
         _run("label", ["label", f"voc:{world}:train", "-o", run_uri, "--endpoint", endpoint,
@@ -135,7 +143,7 @@ def label(models: dict[str, str], world: Path, run_uri: str, snippets: str, work
 
 
 def train(models: dict[str, str], world: Path, run_uri: str, args: argparse.Namespace) -> None:
-    _stage("4/6 trainer: ResNet on the pseudo labels with gradient alignment")
+    _stage("4/7 trainer: ResNet on the pseudo labels with gradient alignment")
     _run("train", ["train", run_uri, f"voc:{world}:train", "--val", f"voc:{world}:val",
                    "--preset", "world", "--arch", models["backbone_arch"],
                    "--backbone-weights", models["backbone_weights"], "--epochs", str(args.epochs),
@@ -147,7 +155,7 @@ def serve(stack: ExitStack, run_uri: str, workdir: Path):
     from cdul.serving.local import PRODUCTION_CONFIG, LocalTorchServe
     from cdul.trainer.export import PREFIX as MODEL_STORE
 
-    _stage("5/6 TorchServe (token auth on) with the exported archive")
+    _stage("5/7 TorchServe (token auth on) with the exported archive")
     local_store = workdir / "model-store"  # TorchServe reads a local directory; reused
     local_store.mkdir(exist_ok=True)
     open_store(run_uri).read_file(
@@ -167,7 +175,7 @@ def predict(server, world: Path, show: int):
     from cdul.core.datasets import open_dataset
     from cdul.core.evaluation import evaluate
 
-    _stage("6/6 held-out scenes over HTTP")
+    _stage("6/7 held-out scenes over HTTP")
     val = open_dataset(f"voc:{world}:val")
     answers = [_predict(server, Path(val.image_path(i)).read_bytes()) for i in range(len(val))]
     probabilities = torch.tensor([[a["probabilities"][c] for c in val.classes]
@@ -187,7 +195,7 @@ def predict(server, world: Path, show: int):
     return evaluate(probabilities, truth, val.classes), len(val)
 
 
-def summarise(args: argparse.Namespace, run_uri: str, served, seconds: float) -> int:
+def summarise(args: argparse.Namespace, run_uri: str, served, gallery: Path, seconds: float) -> int:
     from cdul.core.pseudo_labels import EVALUATION_JSON, MANIFEST
     from cdul.core.storage import open_store
     from cdul.trainer.export import PREFIX as MODEL_STORE
@@ -219,6 +227,7 @@ def summarise(args: argparse.Namespace, run_uri: str, served, seconds: float) ->
     for what, key in artefacts:
         print(f"  {what:<17}{store.uri_for(key)}")
     print("=" * 72)
+    print(f"The labels, to look at in a browser: {gallery}")
     if pseudo["final"]["mAP"] <= pseudo["global"]["mAP"]:
         raise DemoError("final pseudo-label mAP is not above global: the method did not help")
     return 0

@@ -31,6 +31,7 @@ ENTRY_MODULES = {
     "labeler": [
         "cdul.labeler.command", "cdul.labeler.merge", "cdul.labeler.sweep",
         "cdul.labeler.compare", "cdul.labeler.job", "cdul.core.evaluation",
+        "cdul.labeler.gallery", "cdul.labeler.export", "cdul.labeler.review",
     ],
     "trainer": [
         "cdul.trainer.command", "cdul.trainer.loop", "cdul.serving.archive",

@@ -60,5 +60,9 @@ def test_demo_runs_the_chain_and_stops_everything(tmp_path, world_models):
     assert table["pseudo-label mAP, final (Eq. 7)"] > table["pseudo-label mAP, global (Eq. 2)"]
     assert (tmp_path / "demo" / "run" / "model-store" / "cdul.mar").is_file()
     assert (tmp_path / "demo" / "run" / "training" / "curves.png").is_file()
+    # It ends by naming the gallery of the pseudo labels, which is there.
+    gallery = (tmp_path / "demo" / "gallery" / "index.html").resolve()
+    assert output.rstrip().splitlines()[-1].endswith(str(gallery)), output[-500:]
+    assert "160 images" in gallery.read_text() and (gallery.parent / "thumbs").is_dir()
     # Nothing the demo started is still running: no CLIP service, no TorchServe/JVM.
     assert _ours(tmp_path) - before == set()

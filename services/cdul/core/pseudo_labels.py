@@ -87,6 +87,9 @@ class LabelManifest:
     limit: int | None = None
     """Only the first ``limit`` images of the dataset were labeled (None: all)."""
     format_version: int = FORMAT_VERSION
+    review: dict[str, Any] | None = None
+    """Set when a reviewer's corrections were imported (``cdul label-import``): where
+    they came from and what they changed."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

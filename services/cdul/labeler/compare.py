@@ -1,7 +1,13 @@
 """``cdul label-report RUN...``: one line per labeled run (the study's Table 2 layout).
 
-Reads each run's merged manifest (its stored evaluation; no recomputation) and prints
-snippet spec, zeta, images and macro mAP of global / aggregate / final side by side.
+For runs with ground truth it reads each merged manifest (its stored evaluation; no
+recomputation) and prints snippet spec, zeta, images and macro mAP of global /
+aggregate / final side by side. A run without ground truth has no mAP to show, so it
+gets a block of its own instead, computed from its labels: per class the images at or
+over ``--threshold``, the score distribution (mean, quartiles, a text histogram) and a
+flag for a class that never fires or fires on almost every image, which is usually a
+bad class name or template. Those numbers are :func:`cdul.labeler.gallery.class_stats`,
+the ones ``cdul label-gallery`` shows.
 """
 
 from __future__ import annotations
@@ -9,8 +15,14 @@ from __future__ import annotations
 import argparse
 
 from cdul.core.errors import StorageError
-from cdul.core.pseudo_labels import MANIFEST, LabelManifest
+from cdul.core.evaluation import format_ap
+from cdul.core.pseudo_labels import MANIFEST, LabelManifest, read_pseudo_labels
+from cdul.core.settings import add_flags, from_args
 from cdul.core.storage import open_store
+from cdul.labeler.gallery import ClassStats, StatsConfig, class_stats, flag_text
+
+# One character per histogram bin: blank for an empty bin, then eighths of the fullest.
+BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
 def rows_for(runs: list[str]) -> list[dict[str, object]]:
@@ -43,10 +55,67 @@ def format_rows(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def text_histogram(counts: tuple[int, ...]) -> str:
+    """One block character per bin, the fullest bin a full block; any image shows."""
+    most = max(counts, default=0)
+    if not most:
+        return " " * len(counts)
+    top = len(BLOCKS) - 1
+    return "".join(BLOCKS[max(1, round(top * n / most)) if n else 0] for n in counts)
+
+
+def format_stats(stats: list[ClassStats], config: StatsConfig) -> str:
+    """The per-class table of a run without ground truth."""
+    number = format_ap  # three decimals, "-" when undefined (a run without images)
+    width = max(len("class"), *(len(s.name) for s in stats))
+    fires = f">={config.threshold:g}"
+    header = (f"{'class':<{width}}  {fires:>6}  {'share':>6}  {'mean':>5}  {'min':>5}  "
+              f"{'q1':>5}  {'median':>6}  {'q3':>5}  {'max':>5}  |0 score  1|  flag")  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for s in stats:
+        q = s.quartiles
+        lines.append(
+            f"{s.name:<{width}}  {s.fires:>6}  {100 * s.share:>5.1f}%  {number(s.mean):>5}  "
+            f"{number(q[0]):>5}  {number(q[1]):>5}  {number(q[2]):>6}  {number(q[3]):>5}  "
+            f"{number(q[4]):>5}  |{text_histogram(s.histogram)}|  {flag_text(s, config)}".rstrip()
+        )
+    flagged = sum(1 for s in stats if s.flag)
+    lines.append(
+        f"({fires}: images scored at or over the threshold; histogram: images per tenth of "
+        f"the score range; {flagged} class(es) flagged)"
+    )
+    return "\n".join(lines)
+
+
+def stats_block(uri: str, config: StatsConfig) -> str:
+    labels = read_pseudo_labels(open_store(uri))
+    m = labels.manifest
+    head = (
+        f"{uri}: {len(labels)} images, no ground truth; {m.snippet_spec}, zeta {m.zeta:g}; "
+        f"{config.vector} pseudo labels, a class fires at >= {config.threshold:g}"
+    )
+    return (
+        head
+        + "\n"
+        + format_stats(class_stats(labels[config.vector], labels.classes, config), config)
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="labeled run URIs")
+    add_flags(parser, StatsConfig)
+    parser.epilog = (
+        "A run with ground truth is a row of the mAP table; one without gets a per-class "
+        "table (images over --threshold, score distribution, flags) instead."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    print(format_rows(rows_for(args.runs)))
+    config = from_args(StatsConfig, args)
+    rows = rows_for(args.runs)
+    # A run without a stored evaluation would be a row of dashes: it gets its own block.
+    evaluated = [r for r in rows if any(r[k] is not None for k in ("global", "aggregate", "final"))]
+    blocks = [format_rows(evaluated)] if evaluated else []
+    blocks += [stats_block(str(r["run"]), config) for r in rows if r not in evaluated]
+    print("\n\n".join(blocks))
     return 0

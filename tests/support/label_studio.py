@@ -1,0 +1,106 @@
+"""A real Label Studio on loopback for the review round trip (tests/labeler).
+
+Label Studio is a large Django application, so it is not a project dependency: the
+test uses the ``label-studio`` executable named by ``$CDUL_LABEL_STUDIO`` or found on
+PATH (`.ci/run` installs it into a venv of its own) and skips, saying so, without one.
+Its legacy API tokens are off by default in 1.2x, so the client logs in as a browser
+does (session cookie + CSRF token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookiejar
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+EMAIL, PASSWORD = "review@example.com", "cdul-review-password"
+
+
+def executable() -> str | None:
+    return os.environ.get("CDUL_LABEL_STUDIO") or shutil.which("label-studio")
+
+
+class LabelStudio:
+    """A logged-in session against a running instance's HTTP API."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.opener.open(f"{base}/user/login/", timeout=30).read()  # sets the CSRF cookie
+        form = {"email": EMAIL, "password": PASSWORD, "csrfmiddlewaretoken": self._csrf()}
+        login = urllib.request.Request(f"{base}/user/login/", urllib.parse.urlencode(form).encode(),
+                                       headers={"Referer": f"{base}/user/login/"})  # fmt: skip
+        self.opener.open(login, timeout=30).read()
+
+    def _csrf(self) -> str:
+        return next(c.value for c in self.jar if c.name == "csrftoken")
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.base + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={
+                "Content-Type": "application/json",
+                "X-CSRFToken": self._csrf(),
+                "Referer": self.base + "/",
+            },
+        )
+        with self.opener.open(request, timeout=60) as response:
+            data = response.read()
+        return json.loads(data) if data else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(workdir: Path, timeout_s: float = 240) -> Iterator[LabelStudio]:
+    """Start Label Studio (SQLite under ``workdir``), log in, stop it afterwards."""
+    port = _free_port()
+    env = {**os.environ, "LABEL_STUDIO_USERNAME": EMAIL, "LABEL_STUDIO_PASSWORD": PASSWORD,
+           "LABEL_STUDIO_BASE_DATA_DIR": str(workdir), "HOME": str(workdir)}  # fmt: skip
+    log = (workdir / "label-studio.log").open("w")
+    process = subprocess.Popen(
+        [executable(), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(workdir / "data")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"Label Studio exited: {(workdir / 'label-studio.log').read_text()[-3000:]}"
+                )
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                if urllib.request.urlopen(f"{base}/health", timeout=5).status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Label Studio not up within {timeout_s} s")
+            time.sleep(1)
+        yield LabelStudio(base)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(30)
+        log.close()
