@@ -153,3 +153,14 @@ def test_table_shapes_and_manifest_checks():
         LabelManifest.from_json({"dataset": "x"})
     changed = differences(manifest().settings(), manifest(limit=10).settings())
     assert changed == ["limit: stored None, now 10"]
+
+
+def test_over_threshold_is_one_rule_with_float32_equality():
+    from cdul.core.pseudo_labels import over_threshold
+
+    scores = torch.tensor([[0.3, 0.29999998, 0.5], [0.9, 0.0, 1.0]], dtype=torch.float32)
+    # A stored 0.3 is a label at threshold 0.3 (compared as float32; as float64 the
+    # stored 0.30000001192... would still pass, but 0.9 stored is 0.89999998 < 0.9).
+    assert over_threshold(scores, 0.3).tolist() == [[True, False, True], [True, False, True]]
+    assert over_threshold(scores, 0.9).tolist() == [[False, False, False], [True, False, True]]
+    assert float(scores[1, 0]) < 0.9  # why the comparison is in float32

@@ -207,6 +207,14 @@ def read_pseudo_labels(store: ObjectStore) -> PseudoLabels:
     return labels
 
 
+def over_threshold(scores: torch.Tensor, threshold: float) -> np.ndarray:
+    """``(N, C)`` booleans: which scores are labels at ``threshold`` (the one rule of the
+    export, the review import, the gallery and the report). A score equal to the
+    threshold counts, and the threshold is compared as a float32 too, so "0.3" in a file
+    means the stored 0.3."""
+    return scores.numpy().astype(np.float32) >= np.float32(threshold)
+
+
 def reaggregate(labels: PseudoLabels, zeta: float) -> dict[str, torch.Tensor]:
     """Eq. 6-7 again for another zeta, from the stored alpha and beta (no CLIP call)."""
     agg = aggregate(labels["alpha"], labels["beta"], zeta)

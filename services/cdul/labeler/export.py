@@ -46,11 +46,16 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import numpy as np
-import torch
 
 from cdul.core.datasets import SPEC_FORMS
 from cdul.core.errors import ConfigError
-from cdul.core.pseudo_labels import MANIFEST, LabelManifest, PseudoLabels, read_pseudo_labels
+from cdul.core.pseudo_labels import (
+    MANIFEST,
+    LabelManifest,
+    PseudoLabels,
+    over_threshold,
+    read_pseudo_labels,
+)
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import ObjectStore, open_store
 
@@ -76,12 +81,6 @@ def location_store(location: str) -> tuple[ObjectStore, str]:
     if not name or "/" not in rest.rstrip("/"):
         raise ConfigError(f"{location!r} names no object (expected {scheme}://BUCKET/KEY)")
     return open_store(parent), name
-
-
-def over_threshold(scores: torch.Tensor, threshold: float) -> np.ndarray:
-    """``(N, C)`` booleans: which scores are labels. The threshold is compared as a
-    float32 too, so "0.3" in a file means the stored 0.3 (a score equal to it counts)."""
-    return scores.numpy().astype(np.float32) >= np.float32(threshold)
 
 
 def score_value(score: np.float32) -> float:

@@ -32,7 +32,7 @@ import torch
 from cdul.core.datasets import Dataset, open_dataset
 from cdul.core.errors import CdulError, ConfigError
 from cdul.core.evaluation import Evaluation, evaluate, format_ap
-from cdul.core.pseudo_labels import VECTORS, PseudoLabels, read_pseudo_labels
+from cdul.core.pseudo_labels import VECTORS, PseudoLabels, over_threshold, read_pseudo_labels
 from cdul.core.settings import add_flags, flag_name, from_args, setting
 from cdul.core.storage import open_store
 
@@ -124,9 +124,10 @@ def class_stats(
     stats = []
     # 0-based positions in the ascending column of ranks 1..n, evenly spaced in log(rank)
     ranks = [n - round(n ** (k / (FALLOFF_POINTS - 1))) for k in range(FALLOFF_POINTS)] if n else []
+    chosen = over_threshold(scores, config.threshold)
     for c, name in enumerate(classes):
         column = ascending[:, c].tolist()
-        fires = int((scores[:, c] >= config.threshold).sum())
+        fires = int(chosen[:, c].sum())
         flag = None
         if n and fires == 0:
             flag = NEVER_FIRES

@@ -12,6 +12,7 @@ import math
 from html import escape
 
 from cdul.core.evaluation import format_ap
+from cdul.core.pseudo_labels import over_threshold
 from cdul.labeler.gallery import ClassStats, ClassView, Gallery, Thumb, flag_text
 
 INDEX = "index.html"
@@ -196,7 +197,7 @@ def grid(gallery: Gallery, c: int, rows: list[int], errors: bool = False) -> str
         has = None if truth is None else bool(truth[row, c] > 0)
         note = ""
         if errors:  # whether the error is one at this threshold, too
-            labeled = score >= threshold
+            labeled = bool(over_threshold(gallery.scores[row : row + 1, c : c + 1], threshold))
             wrong = labeled != bool(has)
             text = "labeled" if labeled else ("missed" if has else "not labeled")
             note = f'<br><span class="{"bad" if wrong else "nums"}">{text} at {threshold:g}</span>'

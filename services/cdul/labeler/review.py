@@ -42,6 +42,7 @@ from cdul.core.pseudo_labels import (
     MANIFEST,
     LabelManifest,
     PseudoLabels,
+    over_threshold,
     read_pseudo_labels,
     shard_counts,
     to_table,
@@ -55,7 +56,6 @@ from cdul.labeler.export import (
     LS_CHOICES,
     VECTOR_NAMES,
     location_store,
-    over_threshold,
 )
 from cdul.labeler.merge import describe, merge_run
 from cdul.labeler.version import code_version
