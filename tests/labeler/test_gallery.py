@@ -290,7 +290,7 @@ def test_bad_flags_are_one_line_errors(folder_run, capsys):
     assert cli.main(["label-gallery", folder_run["uri"], "-o", out, "--per-class", "0"]) == 2
     assert "--per-class must be in 1..1000, got 0" in capsys.readouterr().err
     assert cli.main(["label-report", folder_run["uri"], "--threshold", "2"]) == 2
-    assert "--threshold must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert "--threshold must be within [0, 1], got 2.0" in capsys.readouterr().err
 
 
 # -- in a real browser ---------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 
 from cdul.core.errors import ConfigError, StorageError
 from cdul.core.method.aggregation import aggregate, pseudo_label
-from cdul.core.settings import differences
+from cdul.core.settings import differences, setting
 from cdul.core.storage import ObjectStore
 
 PREFIX = "pseudo_labels"
@@ -205,6 +205,24 @@ def read_pseudo_labels(store: ObjectStore) -> PseudoLabels:
             f"{len(labels)}"
         )
     return labels
+
+
+#: The stored vectors that are labels (alpha and beta are inputs of aggregate): final
+#: (Eq. 7, what the classifier learns from), aggregate (Eq. 6), global (Eq. 2).
+LABEL_VECTORS = ("final", "aggregate", "global")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelReading:
+    """Which stored vector is read as labels, and at which threshold: the settings every
+    command that turns scores into labels shares (export, review import, gallery, report)."""
+
+    vector: str = setting("final", "the stored pseudo-label vector", choices=LABEL_VECTORS)
+    threshold: float = setting(0.5, "a class is a label when its score is >= this")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
 
 
 def over_threshold(scores: torch.Tensor, threshold: float) -> np.ndarray:

@@ -52,6 +52,7 @@ from cdul.core.errors import ConfigError
 from cdul.core.pseudo_labels import (
     MANIFEST,
     LabelManifest,
+    LabelReading,
     PseudoLabels,
     over_threshold,
     read_pseudo_labels,
@@ -59,8 +60,6 @@ from cdul.core.pseudo_labels import (
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import ObjectStore, open_store
 
-#: The stored vectors worth exporting (alpha and beta are inputs of aggregate, not labels).
-VECTOR_NAMES = ("final", "aggregate", "global")
 #: Label Studio's URL for a file under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 CSV_COLUMNS = ("image_id", "path", "labels")
@@ -255,13 +254,11 @@ FORMATS: dict[str, Writer] = {
 }
 
 
-@dataclass(frozen=True)
-class ExportConfig:
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(LabelReading):
     run: str
     output: str
     format: str = setting("csv", "output format", choices=tuple(FORMATS))
-    threshold: float = setting(0.5, "a class is a label when its score >= THRESHOLD")
-    vector: str = setting("final", "which stored scores to export", choices=VECTOR_NAMES)
     images: str | None = setting(
         None, "dataset spec to take image paths from (default: the run's own dataset)",
         metavar="SPEC",
@@ -279,10 +276,6 @@ class ExportConfig:
         None, "label-studio: where the labeling config goes (default: OUT with .xml)",
         metavar="PATH",
     )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
 
 
 def dataset_spec(config: ExportConfig) -> str:

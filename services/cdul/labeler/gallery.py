@@ -32,7 +32,7 @@ import torch
 from cdul.core.datasets import Dataset, open_dataset
 from cdul.core.errors import CdulError, ConfigError
 from cdul.core.evaluation import Evaluation, evaluate, format_ap
-from cdul.core.pseudo_labels import VECTORS, PseudoLabels, over_threshold, read_pseudo_labels
+from cdul.core.pseudo_labels import LabelReading, PseudoLabels, over_threshold, read_pseudo_labels
 from cdul.core.settings import add_flags, flag_name, from_args, setting
 from cdul.core.storage import open_store
 
@@ -47,21 +47,18 @@ THUMB_WORKERS = 8  # reading from S3 is mostly waiting; a few threads hide it
 
 
 @dataclass(frozen=True, kw_only=True)
-class StatsConfig:
+class StatsConfig(LabelReading):
     """What the per-class numbers are computed on (shared by the gallery and the report)."""
 
-    vector: str = setting("final", "the pseudo-label vector to look at", choices=VECTORS)
-    threshold: float = setting(0.5, "a class fires on an image scored at or over this")
     almost_all: float = setting(
         0.9, "flag a class that fires on more than this share of the images",
         flag="--almost-all",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "almost_all"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{flag_name(StatsConfig, name)} must be in [0, 1], got {value}")
+        super().__post_init__()
+        if not 0.0 <= self.almost_all <= 1.0:
+            raise ConfigError(f"--almost-all must be within [0, 1], got {self.almost_all}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -41,6 +41,7 @@ from cdul.core.evaluation import Evaluation
 from cdul.core.pseudo_labels import (
     MANIFEST,
     LabelManifest,
+    LabelReading,
     PseudoLabels,
     over_threshold,
     read_pseudo_labels,
@@ -54,7 +55,6 @@ from cdul.labeler.export import (
     CSV_COLUMNS,
     CSV_SEPARATOR,
     LS_CHOICES,
-    VECTOR_NAMES,
     location_store,
 )
 from cdul.labeler.merge import describe, merge_run
@@ -158,8 +158,12 @@ READERS: dict[str, Reader] = {
 }
 
 
-@dataclass(frozen=True)
-class ImportConfig:
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig(LabelReading):
+    """``--vector``: the vector the review replaces (train on it: ``cdul train
+    --train-on``); ``--threshold``: the one label-export used (a CSV row counts as
+    reviewed when its labels differ from the run's at it; changes are counted against it)."""
+
     reviewed: str
     run: str
     output: str
@@ -167,18 +171,6 @@ class ImportConfig:
         None, "the reviewed file's format (default: from its name, else its contents)",
         choices=tuple(READERS),
     )  # fmt: skip
-    vector: str = setting(
-        "final", "the vector the review replaces (train on it: cdul train --train-on)",
-        choices=VECTOR_NAMES,
-    )  # fmt: skip
-    threshold: float = setting(
-        0.5, "the --threshold label-export used: a CSV row counts as reviewed when its labels "
-        "differ from the run's at it; the changes counted are against it",
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
 
 
 def guess_format(name: str, text: str) -> str:

@@ -17,11 +17,11 @@ from cdul.core import settings
 from cdul.core.classifier import SUPPORTED_ARCHS
 from cdul.core.errors import ConfigError
 from cdul.core.method.alignment import DEFAULT_EPS, DEFAULT_SIGMA
+from cdul.core.pseudo_labels import LABEL_VECTORS
 from cdul.core.settings import add_flags, differences, setting
 
-#: Which stored pseudo-label vector the classifier learns from: ``final`` (Eq. 7, the
-#: method) or ``global`` (Eq. 2 alone, the study's baseline).
-LABEL_VECTORS = ("final", "global", "aggregate")
+# Which stored pseudo-label vector the classifier learns from (LABEL_VECTORS): ``final``
+# (Eq. 7, the method) or ``global`` (Eq. 2 alone, the study's baseline).
 #: Which logits drive the label update: each image's own training step (free, the
 #: study's code) or an eval-mode pass over the training images after the epoch.
 UPDATE_LOGITS = ("step", "eval")
