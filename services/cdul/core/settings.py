@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -108,9 +109,14 @@ def _argument(cls: type, field: dataclasses.Field) -> tuple[str, dict[str, Any]]
     return name, options
 
 
+@functools.cache  # one resolution of a class's (string) annotations, not one per field
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _type_of(cls: type, field: dataclasses.Field) -> Any:
     """The field's type, with ``X | None`` read as X."""
-    hint = typing.get_type_hints(cls)[field.name]
+    hint = _type_hints(cls)[field.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0] if len(args) == 1 else hint
