@@ -69,10 +69,20 @@ def test_end_to_end_on_the_world_matches_open_clip(make_config, s3_env, world_ro
                     "final": (glob[k] + agg) / 2}  # fmt: skip
         for name, vector in expected.items():
             assert torch.allclose(labels[name][sample[k]], vector, atol=1e-4), name
-    # The zeta sweep needs no CLIP call and reproduces the stored zeta's numbers.
-    assert cli.main(["label-sweep", s3_env, "--zetas", "0,0.5"]) == 0
+    # The stored cosines are the answers' (probabilities again with the stored logit scale).
+    labels = read_pseudo_labels(store, cosines=True)
+    glob, snippets, valid = labels.cosines.padded(m.logit_scale)
+    assert valid.all() and snippets.shape == (300, 9, 12)
+    assert torch.allclose(glob, labels["global"], atol=1e-6)
+    assert torch.allclose(snippets.amax(1), labels["alpha"], atol=1e-6)
+    assert torch.allclose(snippets.amin(1), labels["beta"], atol=1e-6)
+    # The recipe sweep needs no CLIP call and reproduces the stored recipe's numbers.
+    assert cli.main(["label-sweep", s3_env, "--zetas", "0,0.5", "--debias", "none"]) == 0
     out = capsys.readouterr().out
-    assert f"{ev['final']['mAP']:.4f}" in out and store.exists("pseudo_labels/zeta_sweep.json")
+    assert f"{ev['final']['mAP']:.4f}" in out and store.exists("pseudo_labels/recipe_sweep.json")
+    rows = store.read_json("pseudo_labels/recipe_sweep.json")["rows"]
+    assert len(rows) == (2 + 4) * 3 and {r["aggregation"] for r in rows} == {
+        "paper", "max", "mean", "topk:2", "topk:3"}  # fmt: skip
     assert cli.main(["label-report", s3_env]) == 0
     assert f"{100 * ev['final']['mAP']:.1f}" in capsys.readouterr().out
 

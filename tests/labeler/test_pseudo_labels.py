@@ -6,13 +6,15 @@ import torch
 
 from cdul.core.errors import ConfigError, StorageError
 from cdul.core.method.aggregation import aggregate, pseudo_label
+from cdul.core.method.recipes import LabelRecipe
 from cdul.core.pseudo_labels import (
     MANIFEST,
+    Cosines,
     LabelManifest,
     ShardMergeError,
     merge_shards,
     read_pseudo_labels,
-    reaggregate,
+    relabel,
     shard_counts,
     shard_done,
     shard_key,
@@ -133,17 +135,67 @@ def test_evaluate_hook_goes_into_the_manifest(store):
     assert store.read_json(MANIFEST)["evaluation"] == {"n": 2}
 
 
-def test_reaggregate_matches_eq_6_7_and_reading_needs_a_merge(store):
+def test_relabel_from_alpha_beta_matches_eq_6_7_and_reading_needs_a_merge(store):
     write(store, 0, 1, ["a", "b", "c"], 4)
     with pytest.raises(StorageError, match="label-merge"):
         read_pseudo_labels(store)
     labels = merge_shards(store)
-    same = reaggregate(labels, 0.5)
+    same = relabel(labels, LabelRecipe(zeta=0.5))
     assert torch.equal(same["final"], labels["final"])
-    zero = reaggregate(labels, 0.0)
+    zero = relabel(labels, LabelRecipe(zeta=0.0))
     assert torch.equal(zero["aggregate"], labels["alpha"])
-    one = reaggregate(labels, 1.0)
+    assert torch.equal(relabel(labels, LabelRecipe("max"))["aggregate"], labels["alpha"])
+    one = relabel(labels, LabelRecipe(zeta=1.0))
     assert torch.equal(one["final"], (labels["global"] + labels["beta"]) / 2)
+    with pytest.raises(ConfigError, match="stores none"):
+        relabel(labels, LabelRecipe("mean"))
+
+
+def test_cosines_round_trip_and_recipes_recompute_from_them(store):
+    # Two images, two classes; image 0 has two snippets, image 1 one. logit scale 0 means
+    # temperature 1: probabilities are softmax(cos).
+    glob_cos = torch.tensor([[0.5, -0.5], [0.0, 0.0]])
+    snip_cos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.25, 0.25]])
+    cosines = Cosines(glob_cos, snip_cos, torch.tensor([2, 1]))
+    p = torch.softmax(snip_cos, dim=-1)
+    glob = torch.softmax(glob_cos, dim=-1)
+    alpha = torch.stack([p[:2].max(0).values, p[2]])
+    beta = torch.stack([p[:2].min(0).values, p[2]])
+    agg = torch.where(alpha >= 0.5, alpha, beta)
+    vecs = {"global": glob, "alpha": alpha, "beta": beta, "aggregate": agg,
+            "final": (glob + agg) / 2}  # fmt: skip
+    m = manifest(count=1, classes=["cat", "dog"], logit_scale=0.0)
+    write_shard(store, m, to_table(["x", "y"], vecs, None, cosines))
+    labels = merge_shards(store)
+    assert labels.cosines is None  # only read when asked for
+    labels = read_pseudo_labels(store, cosines=True)
+    assert torch.equal(labels.cosines.snippet_cosine, snip_cos)
+    assert torch.equal(labels.cosines.counts, torch.tensor([2, 1]))
+    # mean over image 0's two snippets: (p0 + p1) / 2 = (0.5, 0.5); image 1: p2 = (0.5, 0.5).
+    mean = relabel(labels, LabelRecipe("mean", global_weight=0.0))
+    assert torch.allclose(mean["final"], torch.full((2, 2), 0.5))
+    # The paper's rule from the cosines equals the one from alpha and beta.
+    g, snippets, valid = labels.cosines.padded(0.0)
+    assert torch.allclose(LabelRecipe().aggregate(snippets, valid), agg)
+    assert torch.allclose(g, glob) and valid.tolist() == [[True, True], [True, False]]
+
+
+def test_debiasing_is_computed_at_merge_and_applied_on_reading(store):
+    recipe = {"aggregation": "paper", "global_weight": 0.5, "debias": "class-mean"}
+    final = torch.tensor([[0.75, 0.25], [0.25, 0.5], [0.5, 0.25]])
+    vecs = {name: final for name in ("global", "alpha", "beta", "aggregate", "final")}
+    write_shard(
+        store,
+        manifest(count=1, classes=["cat", "dog"], recipe=recipe),
+        to_table(["a", "b", "c"], vecs, None),
+    )
+    labels = merge_shards(store)
+    # top-1: class 0 for a and c (0.75, 0.5 -> bias 0.625), class 1 for b (0.5); mean 0.5625
+    assert store.read_json(MANIFEST)["class_bias"] == [0.625, 0.5]
+    expected = (final * torch.tensor([0.5625 / 0.625, 0.5625 / 0.5])).clamp(0, 1)
+    assert torch.allclose(labels["final"], expected)
+    assert torch.allclose(read_pseudo_labels(store)["final"], expected)
+    assert torch.equal(read_pseudo_labels(store)["aggregate"], final)  # final only
 
 
 def test_table_shapes_and_manifest_checks():

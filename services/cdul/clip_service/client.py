@@ -46,7 +46,12 @@ class SimilarityServiceError(CdulError):
         self.code = code
 
 
-def label_set_ref(classes: Sequence[str], template: str = DEFAULT_TEMPLATE) -> pb.LabelSetRef:
+def label_set_ref(
+    classes: Sequence[str], template: str = DEFAULT_TEMPLATE, templates: Sequence[str] = ()
+) -> pb.LabelSetRef:
+    """A label set by value: one ``template``, or a prompt ensemble of ``templates``."""
+    if templates:
+        return pb.LabelSetRef(value=pb.LabelSet(classes=list(classes), templates=list(templates)))
     return pb.LabelSetRef(value=pb.LabelSet(classes=list(classes), template=template))
 
 
@@ -147,13 +152,15 @@ class SimilarityClient:
         labels: pb.LabelSetRef,
         spec: str = DEFAULT_SNIPPET_SPEC,
         max_in_flight: int = 32,
+        include_cosines: bool = False,
     ) -> Iterator[pb.SnippetResponse]:
         """Global + snippet scores for every image, spread over the endpoints' streams
         (``max_in_flight`` requests outstanding on each).
 
         Answers come as they arrive (use ``response.id`` to match them); a bad image is
         an answer with ``error`` set, not an exception. A stream that fails with
-        UNAVAILABLE is reopened and its unanswered images are sent again.
+        UNAVAILABLE is reopened and its unanswered images are sent again. With
+        ``include_cosines`` each answer also carries every snippet's cosines.
         """
         stream_count = len(self._stubs) * self.streams_per_endpoint
         work: queue.Queue[pb.SnippetRequest | _End] = queue.Queue(
@@ -164,7 +171,8 @@ class SimilarityClient:
         def feed() -> None:
             for image_id, data in images:
                 work.put(pb.SnippetRequest(labels=labels, image=pb.Image(id=image_id, data=data),
-                                           snippet_spec=spec))  # fmt: skip
+                                           snippet_spec=spec,
+                                           include_cosines=include_cosines))  # fmt: skip
             for _ in range(stream_count):
                 work.put(_END)
 

@@ -133,7 +133,11 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                     f"{len(ref.value.classes)} classes, over the limit of {self.limits.max_classes}"
                 )
             try:
-                labels = LabelSet(tuple(ref.value.classes), ref.value.template or DEFAULT_TEMPLATE)
+                value = ref.value
+                if value.templates and value.template:
+                    raise _invalid("give labels.template or labels.templates, not both")
+                labels = LabelSet(tuple(value.classes), value.template or DEFAULT_TEMPLATE,
+                                  tuple(value.templates))  # fmt: skip
             except ConfigError as error:
                 raise _invalid(str(error)) from None
             with self._label_lock:
@@ -217,6 +221,8 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         )
         if request.HasField("zeta"):
             response.aggregate.extend(aggregate(scored.alpha, scored.beta, request.zeta).tolist())
+        if request.include_cosines:
+            response.snippet_cosine.extend(scored.snippet_cosine.flatten().tolist())
         if request.include_snippets:
             for box, cos, prob in zip(
                 prepared.boxes, scored.snippet_cosine, scored.snippet_scores, strict=True

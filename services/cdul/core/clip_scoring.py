@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import open_clip
 import torch
 from open_clip import get_model_preprocess_cfg
 from PIL import Image
@@ -24,6 +25,22 @@ from cdul.core.label_set import LabelSet
 from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, pseudo_label
 from cdul.core.method.similarity import class_scores, cosine_similarity
 from cdul.core.method.snippets import SnippetSpec
+
+# The named prompt ensembles of :data:`cdul.core.label_set.TEMPLATE_SETS`: open_clip's.
+TEMPLATE_SOURCES = {
+    "openai": open_clip.OPENAI_IMAGENET_TEMPLATES,
+    "simple": open_clip.SIMPLE_IMAGENET_TEMPLATES,
+}
+
+
+def prompt_templates(templates: Sequence[str]) -> list[str]:
+    """Format strings of a prompt ensemble, named sets expanded (open_clip's are
+    functions of the class name; called with ``"{}"`` they give the format string)."""
+    out: list[str] = []
+    for template in templates:
+        source = TEMPLATE_SOURCES.get(template)
+        out += [make("{}") for make in source] if source is not None else [template]
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,12 +98,21 @@ class ClipScorer:
 
     @torch.inference_mode()
     def text_embeddings(self, labels: LabelSet) -> torch.Tensor:
-        """``(C, D)`` prompt embeddings, computed once per label set."""
+        """``(C, D)`` prompt embeddings, computed once per label set. A prompt ensemble is
+        open_clip's zero-shot classifier: per class, the mean of the normalised embeddings
+        of its prompts, normalised again."""
         key = labels.digest()
         with self._text_lock:  # concurrent requests for a new label set encode it once
             if key not in self._text_cache:
-                tokens = self.clip.tokenizer(labels.prompts()).to(self.device)
-                self._text_cache[key] = self.clip.model.encode_text(tokens).float().cpu()
+                if labels.templates:
+                    weights = open_clip.build_zero_shot_classifier(
+                        self.clip.model, self.clip.tokenizer, labels.classes,
+                        prompt_templates(labels.templates), device=self.device,
+                    )  # fmt: skip
+                    self._text_cache[key] = weights.T.float().cpu()
+                else:
+                    tokens = self.clip.tokenizer(labels.prompts()).to(self.device)
+                    self._text_cache[key] = self.clip.model.encode_text(tokens).float().cpu()
             return self._text_cache[key]
 
     def _dtype(self) -> torch.dtype:

@@ -15,23 +15,29 @@ from pathlib import Path
 from cdul.core.errors import CdulError, ConfigError
 
 DEFAULT_TEMPLATE = "a photo of a {}"
+#: Prompt ensembles known by name: open_clip's ImageNet template sets (80 and 7
+#: templates); the CLIP service expands them (:func:`cdul.core.clip_scoring.prompt_templates`).
+TEMPLATE_SETS = ("openai", "simple")
 
 
-def read_class_file(path: str | Path, error: type[CdulError] = ConfigError) -> tuple[str, ...]:
-    """Class names from a text file, one per line (blank lines and ``#`` comments
-    skipped); ``error`` (naming the file) if it is unreadable, empty or repeats a name."""
+def read_class_file(
+    path: str | Path, error: type[CdulError] = ConfigError, what: str = "class list"
+) -> tuple[str, ...]:
+    """Class names (or other entries: ``what``) from a text file, one per line (blank
+    lines and ``#`` comments skipped); ``error`` (naming the file) if it is unreadable,
+    empty or repeats an entry."""
     try:
         lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as problem:
         reason = getattr(problem, "strerror", None) or problem
-        raise error(f"cannot read the class list {path}: {reason}") from None
+        raise error(f"cannot read the {what} {path}: {reason}") from None
     names = [line.strip() for line in lines]
     names = [name for name in names if name and not name.startswith("#")]
     if not names:
-        raise error(f"the class list {path} names no class")
+        raise error(f"the {what} {path} is empty")
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise error(f"the class list {path} repeats {', '.join(repeated)}")
+        raise error(f"the {what} {path} repeats {', '.join(repeated)}")
     return tuple(names)
 
 
@@ -51,12 +57,27 @@ def parse_class_names(spec: str) -> tuple[str, ...]:
     return names
 
 
+def read_templates(spec: str) -> tuple[str, ...]:
+    """A prompt ensemble: a name from :data:`TEMPLATE_SETS` (kept as the name), or a
+    file of templates, one per line, each with one ``{}`` (blank lines, ``#`` skipped)."""
+    if spec in TEMPLATE_SETS:
+        return (spec,)
+    if not Path(spec).expanduser().is_file():
+        raise ConfigError(
+            f"--templates {spec!r}: not a template set ({', '.join(TEMPLATE_SETS)}) "
+            "nor a file of templates"
+        )
+    return read_class_file(spec, what="template file")
+
+
 @dataclass(frozen=True)
 class LabelSet:
-    """Class names and the prompt template that turns each into a sentence."""
+    """Class names and the prompt template that turns each into a sentence, or a
+    prompt ensemble: several templates (or named sets of them) averaged per class."""
 
     classes: tuple[str, ...]
     template: str = DEFAULT_TEMPLATE
+    templates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.classes:
@@ -65,18 +86,22 @@ class LabelSet:
             raise ConfigError("the label set has an empty class name")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"the label set repeats a class name: {list(self.classes)}")
-        if self.template.count("{}") != 1:
-            raise ConfigError(
-                f"prompt template {self.template!r} must contain exactly one '{{}}' placeholder"
-            )
-        try:
-            self.prompts()
-        except (IndexError, KeyError, ValueError) as error:
-            raise ConfigError(
-                f"prompt template {self.template!r} has an unknown placeholder: {error}"
-            ) from None
+        for template in self.templates or (self.template,):
+            if template in TEMPLATE_SETS and self.templates:
+                continue
+            if template.count("{}") != 1:
+                raise ConfigError(
+                    f"prompt template {template!r} must contain exactly one '{{}}' placeholder"
+                )
+            try:
+                template.format("x")
+            except (IndexError, KeyError, ValueError) as error:
+                raise ConfigError(
+                    f"prompt template {template!r} has an unknown placeholder: {error}"
+                ) from None
 
     def prompts(self) -> list[str]:
+        """The single template's prompts (a prompt ensemble has several per class)."""
         return [self.template.format(c) for c in self.classes]
 
     def digest(self) -> str:
@@ -86,4 +111,6 @@ class LabelSet:
     @functools.cached_property
     def _digest(self) -> str:  # asked for several times per request: hashed once
         text = "\x1f".join((self.template, *self.classes))
+        if self.templates:  # unchanged digests for single-template sets
+            text += "\x1e" + "\x1f".join(self.templates)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()

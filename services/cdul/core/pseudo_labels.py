@@ -10,8 +10,15 @@ Layout under a run (``s3://BUCKET/RUN/`` or ``file://DIR/``)::
 A shard is a Parquet table (pandas and pyarrow read it directly) with the columns
 ``image_id`` (string) and ``global``, ``alpha``, ``beta``, ``aggregate``, ``final``
 and, when the dataset has ground truth, ``ground_truth`` (each a list<float32> of one
-value per class). Because alpha and beta are stored, a zeta sweep needs no CLIP call
-(:func:`reaggregate`). A shard's manifest is written only after its table, and the
+value per class). ``aggregate`` and ``final`` follow the run's label recipe
+(:mod:`cdul.core.method.recipes`, in the manifest; the paper's Eq. 6-7 by default);
+a recipe's dataset-wide debiasing is a second pass at merge time: the per-class bias
+goes into the merged manifest (``class_bias``) and reading applies it to ``final``.
+Unless the labeler was told not to, the shards also hold the cosines (Eq. 1 and 3):
+``global_cosine`` (one per class) and ``snippet_cosine`` (a list<float32> of the
+image's snippets x classes, row-major), from which ``cdul label-sweep`` recomputes any
+recipe without calling CLIP (:class:`Cosines`); alpha and beta alone give the paper's
+rule for any zeta and plain max. A shard's manifest is written only after its table, and the
 merged manifest only after every shard manifest is checked, so a manifest is the mark
 that what it names is complete (each object write is itself atomic).
 
@@ -33,7 +40,8 @@ import pyarrow.parquet as pq
 import torch
 
 from cdul.core.errors import ConfigError, StorageError
-from cdul.core.method.aggregation import aggregate, pseudo_label
+from cdul.core.method.recipes import LabelRecipe, debias
+from cdul.core.method.similarity import class_scores
 from cdul.core.settings import differences, setting
 from cdul.core.storage import ObjectStore
 
@@ -45,9 +53,11 @@ VECTORS = ("global", "alpha", "beta", "aggregate", "final")
 FORMAT_VERSION = 1
 # Settings that every shard of one run must share; merge refuses a shard that differs.
 SHARED_SETTINGS = (
-    "dataset", "classes", "template", "clip_model", "clip_pretrained", "snippet_spec", "zeta",
-    "num_shards", "limit", "format_version",
+    "dataset", "classes", "template", "templates", "clip_model", "clip_pretrained",
+    "snippet_spec", "zeta", "recipe", "num_shards", "limit", "format_version",
 )  # fmt: skip
+#: The optional cosine columns (Eq. 1 and 3) a recipe sweep reads.
+COSINES = ("global_cosine", "snippet_cosine")
 _SHARD_KEY = re.compile(rf"^{PREFIX}/shards/shard-(\d{{5}})-of-(\d{{5}})\.(json|parquet)$")
 
 
@@ -90,6 +100,15 @@ class LabelManifest:
     review: dict[str, Any] | None = None
     """Set when a reviewer's corrections were imported (``cdul label-import``): where
     they came from and what they changed."""
+    templates: list[str] | None = None
+    """A prompt ensemble (template strings or open_clip set names) instead of ``template``."""
+    recipe: dict[str, Any] | None = None
+    """The label recipe but zeta (:class:`~cdul.core.method.recipes.LabelRecipe`); None
+    (older runs) is the paper's."""
+    logit_scale: float | None = None
+    """CLIP's logit scale: stored cosines become probabilities with it (Eq. 2, 4)."""
+    class_bias: list[float] | None = None
+    """Merged runs whose recipe debiases: the per-class bias read labels are divided by."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +125,28 @@ class LabelManifest:
         data = self.to_json()
         return {k: data[k] for k in SHARED_SETTINGS}
 
+    def label_recipe(self) -> LabelRecipe:
+        return LabelRecipe(zeta=self.zeta, **(self.recipe or {}))
+
+
+@dataclass
+class Cosines:
+    """Every image's cosines (Eq. 1 and 3), the input of any label recipe."""
+
+    global_cosine: torch.Tensor  # (N, C)
+    snippet_cosine: torch.Tensor  # (sum of S_i, C), image after image
+    counts: torch.Tensor  # (N,) snippets per image
+
+    def padded(self, logit_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eq. 2 and 4 again: global ``(N, C)`` and snippet ``(N, S_max, C)`` class
+        scores, and the ``(N, S_max)`` mask of real snippets."""
+        n, width = self.global_cosine.shape
+        longest = int(self.counts.max()) if n else 0
+        valid = torch.arange(longest)[None, :] < self.counts[:, None]
+        snippets = torch.zeros(n, longest, width)
+        snippets[valid] = class_scores(self.snippet_cosine, logit_scale)
+        return class_scores(self.global_cosine, logit_scale), snippets, valid
+
 
 @dataclass
 class PseudoLabels:
@@ -116,6 +157,8 @@ class PseudoLabels:
     vectors: dict[str, torch.Tensor]
     ground_truth: torch.Tensor | None
     manifest: LabelManifest
+    cosines: Cosines | None = None
+    """Only when read with ``cosines=True`` from a run that stores them."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -125,7 +168,10 @@ class PseudoLabels:
 
 
 def to_table(
-    ids: list[str], vectors: dict[str, torch.Tensor], ground_truth: torch.Tensor | None
+    ids: list[str],
+    vectors: dict[str, torch.Tensor],
+    ground_truth: torch.Tensor | None,
+    cosines: Cosines | None = None,
 ) -> pa.Table:
     """Build a shard table; every vector must be ``(len(ids), C)``."""
     n = len(ids)
@@ -139,6 +185,19 @@ def to_table(
             raise ConfigError(f"column {name!r} has shape {tuple(tensor.shape)}; expected ({n}, C)")
         flat = pa.array(tensor.detach().float().contiguous().numpy().reshape(-1), type=pa.float32())
         columns[name] = pa.FixedSizeListArray.from_arrays(flat, tensor.shape[1])
+    if cosines is not None:
+        width = cosines.global_cosine.shape[1]
+        if (
+            cosines.global_cosine.shape != (n, width)
+            or cosines.counts.shape != (n,)
+            or (cosines.snippet_cosine.shape != (int(cosines.counts.sum()), width))
+        ):
+            raise ConfigError("cosines do not match the images: one row per image and snippet")
+        glob = pa.array(cosines.global_cosine.float().numpy().reshape(-1), type=pa.float32())
+        columns["global_cosine"] = pa.FixedSizeListArray.from_arrays(glob, width)
+        offsets = np.concatenate([[0], np.cumsum(cosines.counts.numpy() * width)]).astype(np.int32)
+        flat = pa.array(cosines.snippet_cosine.float().numpy().reshape(-1), type=pa.float32())
+        columns["snippet_cosine"] = pa.ListArray.from_arrays(pa.array(offsets), flat)
     return pa.table(columns)
 
 
@@ -172,7 +231,8 @@ def read_table(store: ObjectStore, key: str) -> pa.Table:
         ) from None
 
 
-def from_table(table: pa.Table, manifest: LabelManifest) -> PseudoLabels:
+def from_table(table: pa.Table, manifest: LabelManifest, cosines: bool = False) -> PseudoLabels:
+    """The labels of ``table``; the manifest's ``class_bias`` (if any) applied to final."""
     width = len(manifest.classes)
 
     def column(name: str) -> torch.Tensor:
@@ -180,17 +240,27 @@ def from_table(table: pa.Table, manifest: LabelManifest) -> PseudoLabels:
         return torch.from_numpy(np.array(values, dtype=np.float32).reshape(-1, width))  # a copy
 
     truth = column("ground_truth") if "ground_truth" in table.column_names else None
+    vectors = {name: column(name) for name in VECTORS}
+    if manifest.class_bias is not None:
+        vectors["final"] = debias(vectors["final"], torch.tensor(manifest.class_bias))
+    stored = None
+    if cosines and all(name in table.column_names for name in COSINES):
+        lists = table.column("snippet_cosine").combine_chunks()
+        counts = torch.from_numpy(lists.value_lengths().to_numpy(zero_copy_only=False) // width)
+        stored = Cosines(column("global_cosine"), column("snippet_cosine"), counts.long())
     return PseudoLabels(
         ids=table.column("image_id").to_pylist(),
         classes=list(manifest.classes),
-        vectors={name: column(name) for name in VECTORS},
+        vectors=vectors,
         ground_truth=truth,
         manifest=manifest,
+        cosines=stored,
     )
 
 
-def read_pseudo_labels(store: ObjectStore) -> PseudoLabels:
-    """Read a merged run (``RUN/pseudo_labels/manifest.json`` and its shards)."""
+def read_pseudo_labels(store: ObjectStore, cosines: bool = False) -> PseudoLabels:
+    """Read a merged run (``RUN/pseudo_labels/manifest.json`` and its shards); with
+    ``cosines``, also the stored cosines (None in a run that has none)."""
     if not store.exists(MANIFEST):
         raise StorageError(
             f"no merged pseudo labels at {store.uri_for(MANIFEST)}: run the labeler (and "
@@ -198,7 +268,7 @@ def read_pseudo_labels(store: ObjectStore) -> PseudoLabels:
         )
     manifest = LabelManifest.from_json(store.read_json(MANIFEST))
     tables = [read_table(store, f"{PREFIX}/shards/{name}.parquet") for name in manifest.shards]
-    labels = from_table(pa.concat_tables(tables), manifest)
+    labels = from_table(pa.concat_tables(tables), manifest, cosines)
     if len(labels) != manifest.images:
         raise StorageError(
             f"{store.uri_for(MANIFEST)} lists {manifest.images} images but its shards hold "
@@ -233,10 +303,22 @@ def over_threshold(scores: torch.Tensor, threshold: float) -> np.ndarray:
     return scores.numpy().astype(np.float32) >= np.float32(threshold)
 
 
-def reaggregate(labels: PseudoLabels, zeta: float) -> dict[str, torch.Tensor]:
-    """Eq. 6-7 again for another zeta, from the stored alpha and beta (no CLIP call)."""
-    agg = aggregate(labels["alpha"], labels["beta"], zeta)
-    return {"aggregate": agg, "final": pseudo_label(labels["global"], agg)}
+def relabel(labels: PseudoLabels, recipe: LabelRecipe) -> dict[str, torch.Tensor]:
+    """``aggregate`` and ``final`` again with another recipe, from what the run stores (no
+    CLIP call): alpha and beta where the rule needs no more, else the stored cosines."""
+    if not recipe.needs_snippets:
+        glob, agg = labels["global"], recipe.aggregate_alpha_beta(labels["alpha"], labels["beta"])
+    elif labels.cosines is None or labels.manifest.logit_scale is None:
+        raise ConfigError(
+            f"recipe {recipe} needs every snippet's scores, and {labels.manifest.dataset}'s "
+            "run stores none (labeled with --no-store-cosines, or by an older labeler)"
+        )
+    else:
+        glob, snippets, valid = labels.cosines.padded(labels.manifest.logit_scale)
+        agg = recipe.aggregate(snippets, valid)
+    final = recipe.label(glob, agg)
+    bias = recipe.bias(final)
+    return {"aggregate": agg, "final": final if bias is None else debias(final, bias)}
 
 
 def shard_counts(store: ObjectStore) -> dict[int, set[int]]:
@@ -334,7 +416,10 @@ def merge_shards(
             "evaluation": None,
         }
     )
-    labels = from_table(pa.concat_tables(tables), merged)
+    table = pa.concat_tables(tables)
+    bias = merged.label_recipe().bias(from_table(table, merged)["final"])
+    merged.class_bias = None if bias is None else bias.tolist()
+    labels = from_table(table, merged)
     if evaluate is not None:
         merged.evaluation = evaluate(labels)
     store.write_json(MANIFEST, merged.to_json())

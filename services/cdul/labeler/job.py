@@ -16,8 +16,11 @@ scratch space: readers of the artefact only ever look at shards named by manifes
 
 ``streams_per_endpoint`` ``ScoreStream`` calls per endpoint (default one) carry the
 whole shard with ``max_in_flight`` requests outstanding on each, so the service's
-batcher always has work. Answers are
-aggregated here (Eq. 6-7) from the service's global scores and alpha/beta (Eq. 1-5).
+batcher always has work. Answers are aggregated here by the run's label recipe
+(:mod:`cdul.core.method.recipes`; the paper's Eq. 6-7 by default) from the service's
+global scores and alpha/beta (Eq. 1-5), or from every snippet's cosines, which the
+service sends and the shards keep unless ``--no-store-cosines`` and the recipe needs
+only alpha and beta.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from tqdm import tqdm
 
 from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
 from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
-from cdul.core.label_set import DEFAULT_TEMPLATE
-from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, pseudo_label
+from cdul.core.label_set import DEFAULT_TEMPLATE, read_templates
+from cdul.core.method.aggregation import DEFAULT_ZETA
+from cdul.core.method.recipes import DEBIAS, DEFAULT_GLOBAL_WEIGHT, PAPER, LabelRecipe
 from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
+    Cosines,
     LabelManifest,
     PseudoLabels,
     read_table,
@@ -76,9 +81,31 @@ class LabelConfig:
     dataset: str
     output: str
     endpoints: tuple[str, ...]
-    snippet_spec: str = setting(DEFAULT_SNIPPET_SPEC, "grid:RxC or patch:K[/S]", flag="--snippets")
-    zeta: float = setting(DEFAULT_ZETA, "Eq. 6 threshold")
-    template: str = setting(DEFAULT_TEMPLATE, "prompt template")
+    snippet_spec: str = setting(
+        DEFAULT_SNIPPET_SPEC, "grid:RxC, patch:K[/S] or dense[:SIZE] (ResNet CLIPs)",
+        flag="--snippets", group="label recipe",
+    )  # fmt: skip
+    zeta: float = setting(DEFAULT_ZETA, "Eq. 6 threshold (--aggregation paper)",
+                          group="label recipe")  # fmt: skip
+    template: str = setting(DEFAULT_TEMPLATE, "prompt template", group="label recipe")
+    templates: str | None = setting(
+        None, "a prompt ensemble instead of --template: openai or simple (open_clip's "
+        "ImageNet sets, 80 and 7 templates) or a file of templates, one per line",
+        metavar="SET|FILE", group="label recipe",
+    )  # fmt: skip
+    aggregation: str = setting(PAPER, "snippet scores per class: paper (Eq. 5-6), max, mean "
+                               "or topk:K", group="label recipe")  # fmt: skip
+    global_weight: float = setting(
+        DEFAULT_GLOBAL_WEIGHT, "weight w of the global score: w*global + (1-w)*aggregate "
+        "(Eq. 7: 0.5)", group="label recipe",
+    )  # fmt: skip
+    debias: str = setting("none", "class-mean: divide each class by its mean top-1 score "
+                          "over the dataset (CCD), at merge", choices=DEBIAS,
+                          group="label recipe")  # fmt: skip
+    store_cosines: bool = setting(
+        True, "do not store every snippet's cosines (S x C floats per image; label-sweep "
+        "then recomputes only the paper and max rules)",
+    )  # fmt: skip
     classes: tuple[str, ...] | None = None
     shard_index: int = 0
     num_shards: int = 1
@@ -100,8 +127,9 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         parse_snippet_spec(self.snippet_spec)
-        if not 0.0 <= self.zeta <= 1.0:
-            raise ConfigError(f"--zeta must be within [0, 1], got {self.zeta}")
+        self.recipe()  # validates aggregation, zeta, global weight and debias
+        if self.templates is not None:
+            read_templates(self.templates)
         positive = {"part-size": self.part_size, "max-in-flight": self.max_in_flight,
                     "streams-per-endpoint": self.streams_per_endpoint,
                     "num-shards": self.num_shards}  # fmt: skip
@@ -116,6 +144,12 @@ class LabelConfig:
         if not self.endpoints:
             raise ConfigError("no CLIP service endpoint given (--endpoint or $CDUL_CLIP_ENDPOINTS)")
 
+    def recipe(self) -> LabelRecipe:
+        return LabelRecipe(self.aggregation, self.zeta, self.global_weight, self.debias)
+
+    def prompt_templates(self) -> list[str] | None:
+        return None if self.templates is None else list(read_templates(self.templates))
+
 
 @dataclass
 class ShardResult:
@@ -129,11 +163,22 @@ class ShardResult:
     already_done: bool = False
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """One image's answer: Eq. 2 and 5 scores, and (when asked for) the cosines."""
+
+    glob: list[float]
+    alpha: list[float]
+    beta: list[float]
+    global_cosine: list[float]
+    snippet_cosine: list[float]
+
+
 @dataclass
 class _Part:
     start: int
     stop: int
-    rows: dict[int, tuple[list[float], list[float], list[float]]] = field(default_factory=dict)
+    rows: dict[int, _Answer] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     table: pa.Table | None = None
 
@@ -160,13 +205,20 @@ class ShardJob:
         self.source = source
         self.store: ObjectStore = open_store(config.output, create_bucket=True)
         self.spec = str(parse_snippet_spec(config.snippet_spec))
+        self.recipe = config.recipe()
+        self.cosines = config.store_cosines or self.recipe.needs_snippets
+        templates = config.prompt_templates()
         info = check_service(client, config.wait_for_service_s)
+        self.logit_scale = float(info.logit_scale)
+        recipe = {k: v for k, v in self.recipe.to_json().items() if k != "zeta"}
         self.template = LabelManifest(
             dataset=source.spec, classes=list(source.classes), template=config.template,
             clip_model=info.model_name, clip_pretrained=info.pretrained, snippet_spec=self.spec,
             zeta=config.zeta, num_shards=config.num_shards, code_version=code_version(),
-            created="", shard_index=config.shard_index, limit=config.limit,
+            created="", shard_index=config.shard_index, limit=config.limit, templates=templates,
+            recipe=recipe, logit_scale=self.logit_scale,
         )  # fmt: skip
+        self.labels = label_set_ref(source.classes, config.template, templates or ())
         self.settings = self.template.settings()
         self.name = shard_name(config.shard_index, config.num_shards)
         self.parts_prefix = f"{PREFIX}/parts/{self.name}/"
@@ -229,7 +281,8 @@ class ShardJob:
                         self.store.uri_for(key))  # fmt: skip
             return
         part.table, part.skipped = table, skipped
-        part.rows = {i: ([], [], []) for i in range(part.start, part.stop) if i not in gone}
+        empty = _Answer([], [], [], [], [])
+        part.rows = {i: empty for i in range(part.start, part.stop) if i not in gone}
 
     def _check_settings(self, found: dict[str, object], where: str) -> None:
         changed = differences(found, self.settings)
@@ -245,7 +298,6 @@ class ShardJob:
         """Send every image of ``parts``; write each part as soon as it is complete."""
         part_of = {i: p for p in parts for i in range(p.start, p.stop)}
         index_of = {self.source.ids[i]: i for i in part_of}
-        labels = label_set_ref(self.source.classes, self.config.template)
         attempts: Counter[int] = Counter()
         to_send, views, backoffs = sorted(part_of), 0, ITEM_RETRY.backoffs()
         while to_send:
@@ -253,7 +305,8 @@ class ShardJob:
             errors: queue.SimpleQueue = queue.SimpleQueue()
             cancel = threading.Event()
             images = self._images(to_send, errors, cancel)
-            stream = self.client.score_stream(images, labels, self.spec, self.config.max_in_flight)
+            stream = self.client.score_stream(images, self.labels, self.spec,
+                                              self.config.max_in_flight, self.cosines)  # fmt: skip
             try:
                 for response in stream:
                     self._drain(errors, part_of, bar)
@@ -322,17 +375,22 @@ class ShardJob:
         )
         self._progress(part, bar)
 
-    def _vectors(self, i: int, response) -> tuple[list[float], list[float], list[float]]:
-        glob = list(getattr(response, "global").probability)
-        alpha, beta = list(response.alpha), list(response.beta)
+    def _vectors(self, i: int, response) -> _Answer:
+        scores = getattr(response, "global")
+        answer = _Answer(list(scores.probability), list(response.alpha), list(response.beta),
+                         list(scores.cosine), list(response.snippet_cosine))  # fmt: skip
         width = len(self.source.classes)
-        if not len(glob) == len(alpha) == len(beta) == width:
+        cosines = len(answer.snippet_cosine) if self.cosines else width * response.snippet_count
+        if not len(answer.glob) == len(answer.alpha) == len(answer.beta) == width or (
+            cosines != width * response.snippet_count
+        ):
             raise SimilarityServiceError(
                 grpc.StatusCode.INTERNAL,
-                f"the answer for {self.source.location(i)} has {len(glob)}/{len(alpha)}/"
-                f"{len(beta)} scores for {width} classes",
+                f"the answer for {self.source.location(i)} has {len(answer.glob)}/"
+                f"{len(answer.alpha)}/{len(answer.beta)} scores for {width} classes and "
+                f"{cosines} snippet cosines for {response.snippet_count} snippets",
             )
-        return glob, alpha, beta
+        return answer
 
     def _progress(self, part: _Part, bar: tqdm) -> None:
         bar.update(1)
@@ -345,17 +403,29 @@ class ShardJob:
         order = sorted(part.rows)
         width = len(self.source.classes)
 
-        def stack(k: int) -> torch.Tensor:
-            rows = [part.rows[i][k] for i in order]
+        def stack(name: str) -> torch.Tensor:
+            rows = [getattr(part.rows[i], name) for i in order]
             return torch.tensor(rows, dtype=torch.float32).reshape(len(order), width)
 
-        glob, alpha, beta = stack(0), stack(1), stack(2)
-        agg = aggregate(alpha, beta, self.config.zeta)
+        glob, alpha, beta = stack("glob"), stack("alpha"), stack("beta")
+        cosines = None
+        if self.cosines:
+            flat = [v for i in order for v in part.rows[i].snippet_cosine]
+            snippets = torch.tensor(flat, dtype=torch.float32).reshape(-1, width)
+            counts = torch.tensor([len(part.rows[i].snippet_cosine) // width for i in order])
+            cosines = Cosines(stack("global_cosine"), snippets, counts.long())
+        if self.recipe.needs_snippets:
+            assert cosines is not None  # asked for whenever the recipe needs them
+            _, scores, valid = cosines.padded(self.logit_scale)
+            agg = self.recipe.aggregate(scores, valid)
+        else:
+            agg = self.recipe.aggregate_alpha_beta(alpha, beta)
         vectors = {"global": glob, "alpha": alpha, "beta": beta, "aggregate": agg,
-                   "final": pseudo_label(glob, agg)}  # fmt: skip
+                   "final": self.recipe.label(glob, agg)}  # fmt: skip
         truth = self.source.ground_truth
         gt = None if truth is None else truth[order] if order else truth[:0]
-        return to_table([self.source.ids[i] for i in order], vectors, gt)
+        stored = cosines if self.config.store_cosines else None
+        return to_table([self.source.ids[i] for i in order], vectors, gt, stored)
 
     def _write_part(self, part: _Part) -> None:
         table = self._part_table(part).replace_schema_metadata(

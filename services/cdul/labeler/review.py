@@ -278,6 +278,8 @@ def import_review(config: ImportConfig) -> Imported:
             **labels.manifest.to_json(),
             "num_shards": 1, "shard_index": 0, "shards": [], "evaluation": None,
             "code_version": code_version(), "created": now, "review": record,
+            # The final labels copied are debiased already (if the recipe debiases).
+            "recipe": {**(labels.manifest.recipe or {}), "debias": "none"}, "class_bias": None,
         }
     )  # fmt: skip
     vectors = {**labels.vectors, config.vector: review.vector}

@@ -1,10 +1,14 @@
-"""``cdul label-sweep RUN``: Eq. 6-7 again for other zetas from the stored alpha/beta.
+"""``cdul label-sweep RUN``: other label recipes from what the run stores, no CLIP call.
 
-No CLIP call: a run stores alpha and beta (Eq. 5), so the aggregate and final labels
-for any zeta follow from them (:func:`cdul.core.pseudo_labels.reaggregate`). With ground
-truth each zeta gets the macro mAP of aggregate and final (global does not depend on
-zeta); without, the share of (image, class) pairs whose alpha reaches zeta. The rows go
-to ``pseudo_labels/zeta_sweep.json`` and ``.csv`` unless ``--no-store``.
+Every combination of ``--aggregations`` (``paper`` once per ``--zetas`` value),
+``--global-weights`` and ``--debias`` is recomputed (:func:`cdul.core.pseudo_labels.relabel`):
+``paper`` and ``max`` from the stored alpha/beta, ``mean`` and ``topk:K`` from the
+stored cosines (a run labeled with ``--no-store-cosines`` skips them, saying so). With
+ground truth each recipe gets the macro mAP of aggregate and final, and the best one is
+named; without, the labels per image at 0.5 and the classes never reaching it. Prompt
+templates and snippet specs change what CLIP computes: they need a new ``cdul label``
+run (compare runs with ``cdul label-report``). The rows go to
+``pseudo_labels/recipe_sweep.json`` and ``.csv`` unless ``--no-store``.
 """
 
 from __future__ import annotations
@@ -12,71 +16,127 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
+import math
 from collections.abc import Sequence
 
 from cdul.core.errors import ConfigError
 from cdul.core.evaluation import evaluate
-from cdul.core.pseudo_labels import PREFIX, PseudoLabels, read_pseudo_labels, reaggregate
+from cdul.core.method.recipes import DEBIAS, PAPER, LabelRecipe
+from cdul.core.pseudo_labels import PREFIX, PseudoLabels, read_pseudo_labels, relabel
 from cdul.core.storage import open_store
 
+DEFAULT_AGGREGATIONS = (PAPER, "max", "mean", "topk:2", "topk:3")
 DEFAULT_ZETAS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
-SWEEP_JSON = f"{PREFIX}/zeta_sweep.json"
-SWEEP_CSV = f"{PREFIX}/zeta_sweep.csv"
+DEFAULT_GLOBAL_WEIGHTS = (0.5, 0.25, 0.0)
+SWEEP_JSON = f"{PREFIX}/recipe_sweep.json"
+SWEEP_CSV = f"{PREFIX}/recipe_sweep.csv"
+KEYS = ("aggregation", "zeta", "global_weight", "debias")
 
 
-def zeta_sweep(labels: PseudoLabels, zetas: Sequence[float]) -> list[dict[str, float]]:
-    truth = labels.ground_truth
-    glob = None
-    if truth is not None and len(labels):
-        glob = evaluate(labels["global"], truth, labels.classes).mean_ap
-    rows = []
-    for zeta in zetas:
-        vectors = reaggregate(labels, zeta)
-        row = {"zeta": float(zeta), "alpha_share": float((labels["alpha"] >= zeta).float().mean())}
-        if glob is not None:
-            row["global_mAP"] = glob
+def recipes(
+    aggregations: Sequence[str],
+    zetas: Sequence[float],
+    global_weights: Sequence[float],
+    debias: Sequence[str],
+) -> list[LabelRecipe]:
+    """The grid, ``paper`` once per zeta (the others do not read zeta)."""
+    rules = [(a, z) for a in aggregations for z in (zetas if a == PAPER else [math.nan])]
+    return [
+        LabelRecipe(rule, 0.5 if math.isnan(zeta) else zeta, weight, mode)
+        for (rule, zeta), weight, mode in itertools.product(rules, global_weights, debias)
+    ]
+
+
+def sweep(labels: PseudoLabels, grid: Sequence[LabelRecipe]) -> tuple[list[dict], list[str]]:
+    """One row per recipe the run can recompute; the recipes it cannot, by name."""
+    truth = labels.ground_truth if len(labels) else None
+    rows, skipped = [], []
+    for recipe in grid:
+        if recipe.needs_snippets and labels.cosines is None:
+            skipped.append(str(recipe))
+            continue
+        vectors = relabel(labels, recipe)
+        row: dict[str, object] = dict(recipe.to_json())
+        if recipe.aggregation != PAPER:
+            row["zeta"] = ""
+        if truth is not None:
             for name in ("aggregate", "final"):
                 row[f"{name}_mAP"] = evaluate(vectors[name], truth, labels.classes).mean_ap
+        over = vectors["final"] >= 0.5
+        row["labels_per_image"] = float(over.sum(dim=1).float().mean()) if len(labels) else 0.0
+        row["classes_never_labeled"] = int((~over.any(dim=0)).sum()) if len(labels) else 0
         rows.append(row)
-    return rows
+    return rows, skipped
 
 
-def format_rows(rows: list[dict[str, float]]) -> str:
+def format_rows(rows: list[dict]) -> str:
     keys = list(rows[0])
-    lines = ["  ".join(k.rjust(13) for k in keys)]
-    lines += ["  ".join(f"{row[k]:13.4f}" for k in keys) for row in rows]
+    width = {k: max(len(k), 12) for k in keys}
+
+    def cell(value: object, key: str) -> str:
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        return text.rjust(width[key])
+
+    lines = ["  ".join(k.rjust(width[k]) for k in keys)]
+    lines += ["  ".join(cell(row[k], k) for k in keys) for row in rows]
     return "\n".join(lines)
 
 
-def parse_zetas(text: str) -> list[float]:
+def _numbers(flag: str, text: str) -> list[float]:
     try:
-        zetas = [float(z) for z in text.split(",") if z.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--zetas {text!r}: expected numbers separated by commas") from None
-    if not zetas or not all(0.0 <= z <= 1.0 for z in zetas):
-        raise ConfigError(f"--zetas {text!r}: give values in [0, 1]")
-    return zetas
+        raise ConfigError(f"{flag} {text!r}: expected numbers separated by commas") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"{flag} {text!r}: give values in [0, 1]")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="a labeled run URI (s3://... or file://...)")
-    parser.add_argument(
-        "--zetas",
-        default=",".join(str(z) for z in DEFAULT_ZETAS),
-        help="comma-separated zeta values in [0, 1] (default %(default)s)",
-    )
+
+    def listed(flag: str, values: Sequence[object], what: str) -> None:
+        default = ",".join(str(v) for v in values)
+        parser.add_argument(flag, default=default, help=f"{what} (default {default})")
+
+    listed("--aggregations", DEFAULT_AGGREGATIONS, "paper, max, mean, topk:K, comma-separated")
+    listed("--zetas", DEFAULT_ZETAS, "zeta values in [0, 1] for the paper's rule")
+    listed("--global-weights", DEFAULT_GLOBAL_WEIGHTS, "weights of the global score in [0, 1]")
+    listed("--debias", DEBIAS, "none and/or class-mean")
     parser.add_argument("--no-store", action="store_true", help="print only; write nothing")
 
 
 def run(args: argparse.Namespace) -> int:
+    grid = recipes(
+        _names(args.aggregations),
+        _numbers("--zetas", args.zetas),
+        _numbers("--global-weights", args.global_weights),
+        _names(args.debias),
+    )
     store = open_store(args.run)
-    labels = read_pseudo_labels(store)
-    rows = zeta_sweep(labels, parse_zetas(args.zetas))
+    labels = read_pseudo_labels(store, cosines=any(r.needs_snippets for r in grid))
+    rows, skipped = sweep(labels, grid)
     m = labels.manifest
-    print(f"zeta sweep of {store.uri} ({m.images} images, {m.snippet_spec}, stored zeta {m.zeta}):")
+    print(f"label recipes on {store.uri} ({m.images} images, {m.snippet_spec}, "
+          f"labeled with {m.label_recipe()}):")  # fmt: skip
+    if skipped:
+        print(f"skipped (the run stores no cosines; relabel without --no-store-cosines): "
+              f"{', '.join(skipped)}")  # fmt: skip
+    if not rows:
+        raise ConfigError("no recipe of the sweep can be recomputed from this run")
     print(format_rows(rows))
+    if "final_mAP" in rows[0]:
+        best = max(rows, key=lambda row: row["final_mAP"])
+        flags = " ".join(f"--{k.replace('_', '-')} {best[k]}" for k in KEYS if best[k] != "")
+        print(f"best final mAP {best['final_mAP']:.4f}: {flags}")
     if not args.no_store:
-        store.write_json(SWEEP_JSON, {"snippet_spec": m.snippet_spec, "rows": rows})
+        store.write_json(SWEEP_JSON, {"snippet_spec": m.snippet_spec, "rows": rows,
+                                      "skipped": skipped})  # fmt: skip
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()

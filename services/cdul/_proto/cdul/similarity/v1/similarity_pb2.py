@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cdul/similarity/v1/similarity.proto\x12\x12\x63\x64ul.similarity.v1\"-\n\x08LabelSet\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\x10\n\x08template\x18\x02 \x01(\t\"V\n\x0bLabelSetRef\x12-\n\x05value\x18\x01 \x01(\x0b\x32\x1c.cdul.similarity.v1.LabelSetH\x00\x12\x10\n\x06\x64igest\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"!\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"-\n\x06Scores\x12\x0e\n\x06\x63osine\x18\x01 \x03(\x02\x12\x13\n\x0bprobability\x18\x02 \x03(\x02\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"[\n\x07Snippet\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.cdul.similarity.v1.Box\x12*\n\x06scores\x18\x02 \x01(\x0b\x32\x1a.cdul.similarity.v1.Scores\"\x12\n\x10ModelInfoRequest\"\xe5\x01\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\npretrained\x18\x02 \x01(\t\x12\x11\n\tembed_dim\x18\x03 \x01(\x05\x12\x13\n\x0blogit_scale\x18\x04 \x01(\x02\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\ninput_size\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x14\n\x0cmax_snippets\x18\t \x01(\x05\x12\x12\n\nmax_pixels\x18\n \x01(\x03\x12\x12\n\npreprocess\x18\x0b \x01(\t\"k\n\rGlobalRequest\x12/\n\x06labels\x18\x01 \x01(\x0b\x32\x1f.cdul.similarity.v1.LabelSetRef\x12)\n\x06images\x18\x02 \x03(\x0b\x32\x19.cdul.similarity.v1.Image\"F\n\x0cGlobalResult\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06scores\x18\x02 \x01(\x0b\x32\x1a.cdul.similarity.v1.Scores\"]\n\x0eGlobalResponse\x12\x18\n\x10label_set_digest\x18\x01 \x01(\t\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .cdul.similarity.v1.GlobalResult\"\xb7\x01\n\x0eSnippetRequest\x12/\n\x06labels\x18\x01 \x01(\x0b\x32\x1f.cdul.similarity.v1.LabelSetRef\x12(\n\x05image\x18\x02 \x01(\x0b\x32\x19.cdul.similarity.v1.Image\x12\x14\n\x0csnippet_spec\x18\x03 \x01(\t\x12\x18\n\x10include_snippets\x18\x04 \x01(\x08\x12\x11\n\x04zeta\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x07\n\x05_zeta\"\xfc\x01\n\x0fSnippetResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10label_set_digest\x18\x02 \x01(\t\x12*\n\x06global\x18\x03 \x01(\x0b\x32\x1a.cdul.similarity.v1.Scores\x12\r\n\x05\x61lpha\x18\x04 \x03(\x02\x12\x0c\n\x04\x62\x65ta\x18\x05 \x03(\x02\x12\x11\n\taggregate\x18\x06 \x03(\x02\x12\x15\n\rsnippet_count\x18\x07 \x01(\x05\x12-\n\x08snippets\x18\x08 \x03(\x0b\x32\x1b.cdul.similarity.v1.Snippet\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t2\xf6\x02\n\nSimilarity\x12S\n\x0cGetModelInfo\x12$.cdul.similarity.v1.ModelInfoRequest\x1a\x1d.cdul.similarity.v1.ModelInfo\x12Y\n\x10GlobalSimilarity\x12!.cdul.similarity.v1.GlobalRequest\x1a\".cdul.similarity.v1.GlobalResponse\x12\\\n\x11SnippetSimilarity\x12\".cdul.similarity.v1.SnippetRequest\x1a#.cdul.similarity.v1.SnippetResponse\x12Z\n\x0bScoreStream\x12\".cdul.similarity.v1.SnippetRequest\x1a#.cdul.similarity.v1.SnippetResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#cdul/similarity/v1/similarity.proto\x12\x12\x63\x64ul.similarity.v1\"@\n\x08LabelSet\x12\x0f\n\x07\x63lasses\x18\x01 \x03(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12\x11\n\ttemplates\x18\x03 \x03(\t\"V\n\x0bLabelSetRef\x12-\n\x05value\x18\x01 \x01(\x0b\x32\x1c.cdul.similarity.v1.LabelSetH\x00\x12\x10\n\x06\x64igest\x18\x02 \x01(\tH\x00\x42\x06\n\x04kind\"!\n\x05Image\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"-\n\x06Scores\x12\x0e\n\x06\x63osine\x18\x01 \x03(\x02\x12\x13\n\x0bprobability\x18\x02 \x03(\x02\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"[\n\x07Snippet\x12$\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x17.cdul.similarity.v1.Box\x12*\n\x06scores\x18\x02 \x01(\x0b\x32\x1a.cdul.similarity.v1.Scores\"\x12\n\x10ModelInfoRequest\"\xe5\x01\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\npretrained\x18\x02 \x01(\t\x12\x11\n\tembed_dim\x18\x03 \x01(\x05\x12\x13\n\x0blogit_scale\x18\x04 \x01(\x02\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\ninput_size\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x14\n\x0cmax_snippets\x18\t \x01(\x05\x12\x12\n\nmax_pixels\x18\n \x01(\x03\x12\x12\n\npreprocess\x18\x0b \x01(\t\"k\n\rGlobalRequest\x12/\n\x06labels\x18\x01 \x01(\x0b\x32\x1f.cdul.similarity.v1.LabelSetRef\x12)\n\x06images\x18\x02 \x03(\x0b\x32\x19.cdul.similarity.v1.Image\"F\n\x0cGlobalResult\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x06scores\x18\x02 \x01(\x0b\x32\x1a.cdul.similarity.v1.Scores\"]\n\x0eGlobalResponse\x12\x18\n\x10label_set_digest\x18\x01 \x01(\t\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .cdul.similarity.v1.GlobalResult\"\xd0\x01\n\x0eSnippetRequest\x12/\n\x06labels\x18\x01 \x01(\x0b\x32\x1f.cdul.similarity.v1.LabelSetRef\x12(\n\x05image\x18\x02 \x01(\x0b\x32\x19.cdul.similarity.v1.Image\x12\x14\n\x0csnippet_spec\x18\x03 \x01(\t\x12\x18\n\x10include_snippets\x18\x04 \x01(\x08\x12\x11\n\x04zeta\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\x0finclude_cosines\x18\x06 \x01(\x08\x42\x07\n\x05_zeta\"\x94\x02\n\x0fSnippetResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10label_set_digest\x18\x02 \x01(\t\x12*\n\x06global\x18\x03 \x01(\x0b\x32\x1a.cdul.similarity.v1.Scores\x12\r\n\x05\x61lpha\x18\x04 \x03(\x02\x12\x0c\n\x04\x62\x65ta\x18\x05 \x03(\x02\x12\x11\n\taggregate\x18\x06 \x03(\x02\x12\x15\n\rsnippet_count\x18\x07 \x01(\x05\x12-\n\x08snippets\x18\x08 \x03(\x0b\x32\x1b.cdul.similarity.v1.Snippet\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\nerror_code\x18\n \x01(\t\x12\x16\n\x0esnippet_cosine\x18\x0b \x03(\x02\x32\xf6\x02\n\nSimilarity\x12S\n\x0cGetModelInfo\x12$.cdul.similarity.v1.ModelInfoRequest\x1a\x1d.cdul.similarity.v1.ModelInfo\x12Y\n\x10GlobalSimilarity\x12!.cdul.similarity.v1.GlobalRequest\x1a\".cdul.similarity.v1.GlobalResponse\x12\\\n\x11SnippetSimilarity\x12\".cdul.similarity.v1.SnippetRequest\x1a#.cdul.similarity.v1.SnippetResponse\x12Z\n\x0bScoreStream\x12\".cdul.similarity.v1.SnippetRequest\x1a#.cdul.similarity.v1.SnippetResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,31 +32,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cdul.similarity.v1.similari
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LABELSET']._serialized_start=59
-  _globals['_LABELSET']._serialized_end=104
-  _globals['_LABELSETREF']._serialized_start=106
-  _globals['_LABELSETREF']._serialized_end=192
-  _globals['_IMAGE']._serialized_start=194
-  _globals['_IMAGE']._serialized_end=227
-  _globals['_SCORES']._serialized_start=229
-  _globals['_SCORES']._serialized_end=274
-  _globals['_BOX']._serialized_start=276
-  _globals['_BOX']._serialized_end=339
-  _globals['_SNIPPET']._serialized_start=341
-  _globals['_SNIPPET']._serialized_end=432
-  _globals['_MODELINFOREQUEST']._serialized_start=434
-  _globals['_MODELINFOREQUEST']._serialized_end=452
-  _globals['_MODELINFO']._serialized_start=455
-  _globals['_MODELINFO']._serialized_end=684
-  _globals['_GLOBALREQUEST']._serialized_start=686
-  _globals['_GLOBALREQUEST']._serialized_end=793
-  _globals['_GLOBALRESULT']._serialized_start=795
-  _globals['_GLOBALRESULT']._serialized_end=865
-  _globals['_GLOBALRESPONSE']._serialized_start=867
-  _globals['_GLOBALRESPONSE']._serialized_end=960
-  _globals['_SNIPPETREQUEST']._serialized_start=963
-  _globals['_SNIPPETREQUEST']._serialized_end=1146
-  _globals['_SNIPPETRESPONSE']._serialized_start=1149
-  _globals['_SNIPPETRESPONSE']._serialized_end=1401
-  _globals['_SIMILARITY']._serialized_start=1404
-  _globals['_SIMILARITY']._serialized_end=1778
+  _globals['_LABELSET']._serialized_end=123
+  _globals['_LABELSETREF']._serialized_start=125
+  _globals['_LABELSETREF']._serialized_end=211
+  _globals['_IMAGE']._serialized_start=213
+  _globals['_IMAGE']._serialized_end=246
+  _globals['_SCORES']._serialized_start=248
+  _globals['_SCORES']._serialized_end=293
+  _globals['_BOX']._serialized_start=295
+  _globals['_BOX']._serialized_end=358
+  _globals['_SNIPPET']._serialized_start=360
+  _globals['_SNIPPET']._serialized_end=451
+  _globals['_MODELINFOREQUEST']._serialized_start=453
+  _globals['_MODELINFOREQUEST']._serialized_end=471
+  _globals['_MODELINFO']._serialized_start=474
+  _globals['_MODELINFO']._serialized_end=703
+  _globals['_GLOBALREQUEST']._serialized_start=705
+  _globals['_GLOBALREQUEST']._serialized_end=812
+  _globals['_GLOBALRESULT']._serialized_start=814
+  _globals['_GLOBALRESULT']._serialized_end=884
+  _globals['_GLOBALRESPONSE']._serialized_start=886
+  _globals['_GLOBALRESPONSE']._serialized_end=979
+  _globals['_SNIPPETREQUEST']._serialized_start=982
+  _globals['_SNIPPETREQUEST']._serialized_end=1190
+  _globals['_SNIPPETRESPONSE']._serialized_start=1193
+  _globals['_SNIPPETRESPONSE']._serialized_end=1469
+  _globals['_SIMILARITY']._serialized_start=1472
+  _globals['_SIMILARITY']._serialized_end=1846
 # @@protoc_insertion_point(module_scope)

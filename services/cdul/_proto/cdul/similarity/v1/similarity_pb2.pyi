@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LabelSet(_message.Message):
-    __slots__ = ("classes", "template")
+    __slots__ = ("classes", "template", "templates")
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.RepeatedScalarFieldContainer[str]
     template: str
-    def __init__(self, classes: _Optional[_Iterable[str]] = ..., template: _Optional[str] = ...) -> None: ...
+    templates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, classes: _Optional[_Iterable[str]] = ..., template: _Optional[str] = ..., templates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LabelSetRef(_message.Message):
     __slots__ = ("value", "digest")
@@ -113,21 +115,23 @@ class GlobalResponse(_message.Message):
     def __init__(self, label_set_digest: _Optional[str] = ..., results: _Optional[_Iterable[_Union[GlobalResult, _Mapping]]] = ...) -> None: ...
 
 class SnippetRequest(_message.Message):
-    __slots__ = ("labels", "image", "snippet_spec", "include_snippets", "zeta")
+    __slots__ = ("labels", "image", "snippet_spec", "include_snippets", "zeta", "include_cosines")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_SPEC_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SNIPPETS_FIELD_NUMBER: _ClassVar[int]
     ZETA_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_COSINES_FIELD_NUMBER: _ClassVar[int]
     labels: LabelSetRef
     image: Image
     snippet_spec: str
     include_snippets: bool
     zeta: float
-    def __init__(self, labels: _Optional[_Union[LabelSetRef, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., snippet_spec: _Optional[str] = ..., include_snippets: _Optional[bool] = ..., zeta: _Optional[float] = ...) -> None: ...
+    include_cosines: bool
+    def __init__(self, labels: _Optional[_Union[LabelSetRef, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., snippet_spec: _Optional[str] = ..., include_snippets: _Optional[bool] = ..., zeta: _Optional[float] = ..., include_cosines: _Optional[bool] = ...) -> None: ...
 
 class SnippetResponse(_message.Message):
-    __slots__ = ("id", "label_set_digest", "alpha", "beta", "aggregate", "snippet_count", "snippets", "error", "error_code")
+    __slots__ = ("id", "label_set_digest", "alpha", "beta", "aggregate", "snippet_count", "snippets", "error", "error_code", "snippet_cosine")
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +142,7 @@ class SnippetResponse(_message.Message):
     SNIPPETS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_COSINE_FIELD_NUMBER: _ClassVar[int]
     id: str
     label_set_digest: str
     alpha: _containers.RepeatedScalarFieldContainer[float]
@@ -147,4 +152,5 @@ class SnippetResponse(_message.Message):
     snippets: _containers.RepeatedCompositeFieldContainer[Snippet]
     error: str
     error_code: str
-    def __init__(self, id: _Optional[str] = ..., label_set_digest: _Optional[str] = ..., alpha: _Optional[_Iterable[float]] = ..., beta: _Optional[_Iterable[float]] = ..., aggregate: _Optional[_Iterable[float]] = ..., snippet_count: _Optional[int] = ..., snippets: _Optional[_Iterable[_Union[Snippet, _Mapping]]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., **kwargs) -> None: ...
+    snippet_cosine: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., label_set_digest: _Optional[str] = ..., alpha: _Optional[_Iterable[float]] = ..., beta: _Optional[_Iterable[float]] = ..., aggregate: _Optional[_Iterable[float]] = ..., snippet_count: _Optional[int] = ..., snippets: _Optional[_Iterable[_Union[Snippet, _Mapping]]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., snippet_cosine: _Optional[_Iterable[float]] = ..., **kwargs) -> None: ...
