@@ -225,6 +225,21 @@ def test_malformed_requests_are_invalid_argument(client, image, classes, templat
     assert client.model_info().model_name == "cdul-tiny-rn"  # still up
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (pb.LabelSet(classes=CLASSES, template="a {}", templates=["simple"]), "not both"),
+        (pb.LabelSet(classes=CLASSES, templates=["simple", "no placeholder"]), "placeholder"),
+        (pb.LabelSet(classes=CLASSES, templates=["openai-but-not"]), "placeholder"),
+    ],
+)
+def test_malformed_prompt_ensembles_are_invalid_argument(client, value, message):
+    with pytest.raises(SimilarityServiceError) as raised:
+        client.snippet_similarity("t", encode(make_scene(0, 1).image), pb.LabelSetRef(value=value))
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in str(raised.value)
+
+
 def test_unknown_digest_and_digest_reuse(server, client):
     labels = label_set_ref(CLASSES)
     first = client.snippet_similarity("a", encode(make_scene(0, 2).image), labels)
