@@ -225,6 +225,50 @@ def test_malformed_requests_are_invalid_argument(client, image, classes, templat
     assert client.model_info().model_name == "cdul-tiny-rn"  # still up
 
 
+def test_dense_spec_one_forward_global_equals_encode_image_and_cells_match_open_clip(
+    client, reference, world_clip
+):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from cdul.core.clip_dense import dense_embeddings
+
+    image = make_scene(7, 3).image  # 128 x 128
+    labels = label_set_ref(CLASSES)
+    native = client.snippet_similarity("d", encode(image), labels, "dense", include_snippets=True)
+    # 64 px tiny CLIP: a 2 x 2 map; the global score is the plain global score (Eq. 1-2).
+    assert native.snippet_count == 4 and len(native.snippets) == 4
+    assert [(b.box.left, b.box.top, b.box.right, b.box.bottom) for b in native.snippets][:2] == [
+        (0, 0, 64, 64), (64, 0, 128, 64)]  # fmt: skip
+    cos, prob = reference([image])
+    glob = getattr(native, "global")
+    assert torch.allclose(torch.tensor(list(glob.cosine)), cos[0], atol=1e-5)
+    assert torch.allclose(torch.tensor(list(glob.probability)), prob[0], atol=1e-5)
+    # The cells at 128 px (a 4 x 4 map), against open_clip's modules computed here.
+    wide = client.snippet_similarity("d", encode(image), labels, "dense:128", include_snippets=True)
+    assert wide.snippet_count == 16
+    register_project_configs()
+    model, _, _ = open_clip.create_model_and_transforms("cdul-tiny-rn", pretrained=str(world_clip))
+    model.eval()
+    cfg = PreprocessCfg(**{**open_clip.get_model_preprocess_cfg(model), "size": 128})
+    with torch.no_grad():
+        pixels = image_transform_v2(cfg, is_train=False)(image)[None]
+        x = model.visual.layer4(model.visual.layer3(model.visual.layer2(model.visual.layer1(
+            model.visual.stem(pixels)))))  # fmt: skip
+        pool = model.visual.attnpool
+        cells = pool.c_proj(pool.v_proj(x.flatten(2).transpose(1, 2)))[0]
+        text = model.encode_text(open_clip.get_tokenizer("cdul-tiny-rn")(
+            [f"a photo of a {c}" for c in CLASSES]))  # fmt: skip
+    expected = (
+        torch.nn.functional.normalize(cells, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    )
+    got = torch.tensor([list(s.scores.cosine) for s in wide.snippets])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(dense_embeddings(model.visual, pixels)[0, 1:], cells, atol=1e-6)
+    assert list(wide.alpha) == pytest.approx(
+        [max(s.scores.probability[j] for s in wide.snippets) for j in range(len(CLASSES))]
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

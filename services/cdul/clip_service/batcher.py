@@ -18,6 +18,8 @@ intra-op thread (:func:`single_threaded_torch`, a thread-pool initializer): they
 never start an OpenMP team. One worker thread takes the oldest job, then keeps
 taking jobs until ``max_batch`` views are gathered or ``max_wait_ms`` has passed since
 the first, runs the encoder once per ``max_batch`` views, and hands each job its rows.
+A job may name its own encoder (a dense spec's returns several embeddings per view):
+a batch holds jobs of one encoder only, taken in order.
 The queue is bounded in views: a submit that would exceed ``max_queue_views`` fails at
 once with :class:`QueueFullError`, which the server answers as RESOURCE_EXHAUSTED.
 """
@@ -55,11 +57,15 @@ T = TypeVar("T")
 Pixels = torch.Tensor | Callable[[], torch.Tensor]
 
 
+Encode = Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class _Job:
     pixels: Pixels
     views: int
     future: Future[torch.Tensor]
+    encode: Encode | None = None
 
     def materialize(self) -> torch.Tensor:
         pixels = self.pixels() if callable(self.pixels) else self.pixels
@@ -71,7 +77,7 @@ class _Job:
 class DynamicBatcher:
     def __init__(
         self,
-        encode: Callable[[torch.Tensor], torch.Tensor],
+        encode: Encode,
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
         max_queue_views: int = 8192,
@@ -96,10 +102,15 @@ class DynamicBatcher:
     def queued_views(self) -> int:
         return self._queued_views
 
-    def submit(self, pixels: Pixels, views: int | None = None) -> Future[torch.Tensor]:
+    def submit(
+        self, pixels: Pixels, views: int | None = None, encode: Encode | None = None
+    ) -> Future[torch.Tensor]:
         """Queue ``(n, 3, H, W)`` pixels, or a function returning them (then ``views`` = n);
-        the future resolves to ``(n, D)`` embeddings, or to the function's exception.
-        Cancelling the future before the worker takes it drops the job."""
+        the future resolves to the ``n`` rows of the encoder's output (``(n, D)`` with
+        the batcher's own), or to the function's exception. ``encode``: another encoder
+        for this job (jobs share a batch when their encoders compare equal, as bound
+        methods of one object do). Cancelling the
+        future before the worker takes it drops the job."""
         future: Future[torch.Tensor] = Future()
         if callable(pixels):
             if views is None or views < 1:
@@ -115,7 +126,7 @@ class DynamicBatcher:
                     f"queue full: {self._queued_views} views waiting, this request adds {n}, "
                     f"limit {self.max_queue_views}; retry with backoff"
                 )
-            self._jobs.append(_Job(pixels, n, future))
+            self._jobs.append(_Job(pixels, n, future, encode))
             self._queued_views += n
             self._cond.notify()
         return future
@@ -155,8 +166,13 @@ class DynamicBatcher:
                     break
                 self._cond.wait(remaining)
             jobs, views = [], 0
-            # Always take at least one job, however large; then fill up to max_batch.
-            while self._jobs and (not jobs or views + self._jobs[0].views <= self.max_batch):
+            # Always take at least one job, however large; then fill up to max_batch with
+            # jobs of the same encoder.
+            while self._jobs and (
+                not jobs
+                or (views + self._jobs[0].views <= self.max_batch
+                    and self._jobs[0].encode == jobs[0].encode)
+            ):  # fmt: skip
                 job = self._jobs.popleft()
                 jobs.append(job)
                 views += job.views
@@ -189,7 +205,8 @@ class DynamicBatcher:
             return
         try:
             pixels = torch.cat([p for _, p in ready])
-            embeddings = torch.cat([self._encode(chunk) for chunk in pixels.split(self.max_batch)])
+            encode = ready[0][0].encode or self._encode
+            embeddings = torch.cat([encode(chunk) for chunk in pixels.split(self.max_batch)])
             if self._on_batch is not None:
                 self._on_batch(int(pixels.shape[0]))
         except Exception as error:  # every waiter must hear about it

@@ -39,6 +39,7 @@ from cdul.core.label_set import DEFAULT_TEMPLATE, LabelSet
 from cdul.core.method.aggregation import aggregate
 from cdul.core.method.snippets import (
     DEFAULT_SNIPPET_SPEC,
+    DenseSpec,
     SnippetSpec,
     parse_snippet_spec,
     snippet_count,
@@ -164,16 +165,19 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             raise _invalid(str(error)) from None
 
     def _submit(self, images: list, spec: SnippetSpec | None, views: int) -> Future[torch.Tensor]:
-        """Queue the views of ``images`` (with ``spec``'s snippets) for the encoder."""
+        """Queue the ``views`` views of ``images`` (with ``spec``'s snippets) for the
+        encoder (a dense spec's own, which answers every cell of one view)."""
 
         def pixels() -> torch.Tensor:
             views = [self.scorer.view_pixels(image, spec) for image in images]
             return views[0] if len(views) == 1 else torch.cat(views)
 
+        encode = self.scorer.encoder(spec)
+        encode = None if encode == self.scorer.encode else encode  # the batcher's own
         try:
             if self.preprocess_in_batcher:
-                return self.batcher.submit(pixels, views=views)
-            return self.batcher.submit(pixels())
+                return self.batcher.submit(pixels, views=views, encode=encode)
+            return self.batcher.submit(pixels(), encode=encode)
         except QueueFullError as error:
             self.metrics.queue_full.inc()
             raise RequestRejected(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
@@ -184,7 +188,9 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         """Validate, decode once, cut and preprocess, and queue the views for encoding."""
         labels, text = self._label_set(request.labels)
         try:
-            spec = parse_snippet_spec(request.snippet_spec or DEFAULT_SNIPPET_SPEC)
+            spec = self.scorer.resolve(
+                parse_snippet_spec(request.snippet_spec or DEFAULT_SNIPPET_SPEC)
+            )
         except ConfigError as error:
             raise _invalid(str(error)) from None
         if request.HasField("zeta") and not 0.0 <= request.zeta <= 1.0:
@@ -199,7 +205,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                 f"{spec} cuts {count} snippets from the {image.width}x{image.height} image "
                 f"{request.image.id!r}, over the limit of {self.limits.max_snippets} per request"
             )
-        embeddings = self._submit([image], spec, 1 + count)
+        embeddings = self._submit([image], spec, 1 if isinstance(spec, DenseSpec) else 1 + count)
         self.metrics.images.inc()
         self.metrics.snippets.inc(count)
         boxes = spec.boxes(*image.size) if request.include_snippets else []
@@ -209,6 +215,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         """Eq. 1-6 from the encoded views, and the answer."""
         request = prepared.request
         embeddings = prepared.embeddings.result(timeout=self.limits.result_timeout_s)
+        embeddings = embeddings.reshape(-1, embeddings.shape[-1])  # a dense view's cells
         scored = self.scorer.score_views(embeddings, prepared.text)
         response = pb.SnippetResponse(
             id=request.image.id,

@@ -10,21 +10,23 @@ independent reference use them directly.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import open_clip
 import torch
 from open_clip import get_model_preprocess_cfg
+from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
+from cdul.core.clip_dense import check_dense, dense_embeddings
 from cdul.core.clip_models import Clip
 from cdul.core.clip_preprocess import PREPROCESSORS, TensorPreprocess, pil_views
 from cdul.core.errors import ConfigError
 from cdul.core.label_set import LabelSet
 from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, pseudo_label
 from cdul.core.method.similarity import class_scores, cosine_similarity
-from cdul.core.method.snippets import SnippetSpec
+from cdul.core.method.snippets import DenseSpec, SnippetSpec
 
 # The named prompt ensembles of :data:`cdul.core.label_set.TEMPLATE_SETS`: open_clip's.
 TEMPLATE_SOURCES = {
@@ -86,6 +88,7 @@ class ClipScorer:
         )
         self._text_cache: dict[str, torch.Tensor] = {}
         self._text_lock = threading.Lock()
+        self._dense_preprocess: dict[int, Callable[[Image.Image], torch.Tensor]] = {}
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -126,12 +129,50 @@ class ClipScorer:
         """open_clip's transform on each image (whole images; see :meth:`view_pixels`)."""
         return torch.stack([self.clip.preprocess(image) for image in images])
 
+    def resolve(self, spec: SnippetSpec) -> SnippetSpec:
+        """``spec`` with ``dense``'s size filled in, checked against this model."""
+        if isinstance(spec, DenseSpec):
+            check_dense(self.clip.model.visual, self.clip.name)
+            return spec.at(self.clip.image_size)
+        return spec
+
     def view_pixels(self, image: Image.Image, spec: SnippetSpec | None) -> torch.Tensor:
-        """CLIP input for the whole image and, with a spec, each of its snippets."""
+        """CLIP input for the whole image and, with a spec, each of its snippets (one
+        view in all for a dense spec: the whole image at its size)."""
+        if isinstance(spec, DenseSpec):
+            return self._dense_view(image, self.resolve(spec).size or self.clip.image_size)
         boxes = spec.boxes(*image.size) if spec is not None else []
         if self._tensor_preprocess is not None:
             return self._tensor_preprocess(image, boxes)
         return pil_views(self.clip.preprocess, image, boxes)
+
+    def _dense_view(self, image: Image.Image, size: int) -> torch.Tensor:
+        """The whole image preprocessed as for the global score, at ``size`` pixels."""
+        if size == self.clip.image_size:
+            return self.view_pixels(image, None)
+        if size not in self._dense_preprocess:  # the model's transform, another size
+            cfg = {**get_model_preprocess_cfg(self.clip.model), "size": size}
+            self._dense_preprocess[size] = (
+                TensorPreprocess(cfg, self.device, self._dtype())
+                if self.preprocessor == "tensor"
+                else image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+            )
+        preprocess = self._dense_preprocess[size]
+        if isinstance(preprocess, TensorPreprocess):
+            return preprocess(image, [])
+        return pil_views(preprocess, image, [])
+
+    def encoder(self, spec: SnippetSpec | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What encodes ``spec``'s views: :meth:`encode` (``(N, D)`` per view), or for a
+        dense spec :meth:`encode_dense` (``(N, 1 + cells, D)`` per image)."""
+        return self.encode_dense if isinstance(spec, DenseSpec) else self.encode
+
+    @torch.inference_mode()
+    def encode_dense(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(N, 1 + cells, D)``: per image its global and per-cell embeddings, one
+        forward (:func:`cdul.core.clip_dense.dense_embeddings`)."""
+        visual = check_dense(self.clip.model.visual, self.clip.name)
+        return dense_embeddings(visual, pixels.to(self.device, self._dtype())).float().cpu()
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -167,10 +208,14 @@ class ClipScorer:
         """Eq. 1-7 for ``images``: global and snippet passes, aggregation, final label."""
         text = self.text_embeddings(labels)
         pixels = [self.view_pixels(image, spec) for image in images]
-        embeddings = self.encode(torch.cat(pixels), batch_size)
-        per_image = [
-            self.score_views(chunk, text) for chunk in embeddings.split([len(p) for p in pixels])
-        ]
+        if isinstance(spec, DenseSpec):
+            embeddings = torch.cat([self.encode_dense(chunk) for chunk in
+                                    torch.cat(pixels).split(batch_size)])  # fmt: skip
+            chunks = list(embeddings.unbind())
+        else:
+            embeddings = self.encode(torch.cat(pixels), batch_size)
+            chunks = list(embeddings.split([len(p) for p in pixels]))
+        per_image = [self.score_views(chunk, text) for chunk in chunks]
         glob = torch.stack([r.global_scores for r in per_image])
         alpha = torch.stack([r.alpha for r in per_image])
         beta = torch.stack([r.beta for r in per_image])

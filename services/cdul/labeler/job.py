@@ -48,7 +48,7 @@ from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
 from cdul.core.label_set import DEFAULT_TEMPLATE, read_templates
 from cdul.core.method.aggregation import DEFAULT_ZETA
 from cdul.core.method.recipes import DEBIAS, DEFAULT_GLOBAL_WEIGHT, PAPER, LabelRecipe
-from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, DenseSpec, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
     Cosines,
@@ -204,7 +204,8 @@ class ShardJob:
         self.client = client
         self.source = source
         self.store: ObjectStore = open_store(config.output, create_bucket=True)
-        self.spec = str(parse_snippet_spec(config.snippet_spec))
+        spec = parse_snippet_spec(config.snippet_spec)
+        self.spec, self.dense = str(spec), isinstance(spec, DenseSpec)  # dense: 1 view/image
         self.recipe = config.recipe()
         self.cosines = config.store_cosines or self.recipe.needs_snippets
         templates = config.prompt_templates()
@@ -330,7 +331,7 @@ class ShardJob:
                                            f"{response.error}", bar)  # fmt: skip
                         continue
                     part.rows[i] = self._vectors(i, response)
-                    views += 1 + response.snippet_count
+                    views += 1 if self.dense else 1 + response.snippet_count
                     self._progress(part, bar)
                 self._drain(errors, part_of, bar)
             finally:

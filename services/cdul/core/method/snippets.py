@@ -16,13 +16,25 @@ paper's and the reproducibility study's tables can be redone:
     would cross the right or bottom edge are dropped, so leftover pixels are again the
     last ``(W - K) mod S`` columns and ``(H - K) mod S`` rows.
 
-Each snippet is then given to CLIP's own preprocessing (resize + centre crop) by the
-caller; this module only decides the boxes. Boxes are ``(left, top, right, bottom)``
+A third kind is not cut from the image at all:
+
+``dense`` or ``dense:SIZE``
+    MaskCLIP's dense scores (Zhou et al., ECCV 2022) from a ResNet CLIP: the whole image
+    is preprocessed as for the global score but at SIZE pixels (default: the model's
+    input size) and encoded ONCE; every cell of the final feature map (SIZE/32 squared,
+    the tower's stride is 32) passes through the attention pool's value and output
+    projections, giving one embedding per cell: a "snippet" each, in row-major order
+    (:mod:`cdul.core.clip_dense`). Its boxes are the cells mapped back through the
+    resize and centre crop, so they cover the centre square of a non-square image only.
+
+Each grid or patch snippet is then given to CLIP's own preprocessing (resize + centre
+crop) by the caller; this module only decides the boxes. Boxes are ``(left, top, right, bottom)``
 in pixels with ``right``/``bottom`` exclusive, the convention of ``PIL.Image.crop``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,7 +50,13 @@ Box = tuple[int, int, int, int]
 DEFAULT_SNIPPET_SPEC = "grid:3x3"
 _GRID = re.compile(r"grid:(?P<rows>-?\d+)x(?P<cols>-?\d+)")
 _PATCH = re.compile(r"patch:(?P<size>-?\d+)(?:/(?P<stride>-?\d+))?")
-_FORMS = "'grid:RxC' (e.g. grid:3x3) or 'patch:K' / 'patch:K/S' (e.g. patch:32/16)"
+_DENSE = re.compile(r"dense(?::(?P<size>-?\d+))?")
+_FORMS = (
+    "'grid:RxC' (e.g. grid:3x3), 'patch:K' / 'patch:K/S' (e.g. patch:32/16) or "
+    "'dense' / 'dense:SIZE' (e.g. dense:448)"
+)
+#: A ResNet CLIP tower's output stride: a SIZE-pixel input gives a SIZE/32 square map.
+DENSE_STRIDE = 32
 
 
 @dataclass(frozen=True)
@@ -93,11 +111,56 @@ class PatchSpec:
         ]
 
 
-SnippetSpec = GridSpec | PatchSpec
+@dataclass(frozen=True)
+class DenseSpec:
+    """One forward of the whole image at ``size`` pixels; a snippet per feature-map cell.
+
+    ``size`` None means the model's input size; :meth:`at` fills it in (the server
+    does, from the model it serves)."""
+
+    size: int | None = None
+
+    def __str__(self) -> str:
+        return "dense" if self.size is None else f"dense:{self.size}"
+
+    def at(self, input_size: int) -> DenseSpec:
+        return self if self.size is not None else DenseSpec(input_size)
+
+    @property
+    def side(self) -> int:
+        if self.size is None:
+            raise ConfigError("snippet spec 'dense' needs the model's input size (DenseSpec.at)")
+        return self.size // DENSE_STRIDE
+
+    def boxes(self, width: int, height: int) -> list[Box]:
+        """Each cell of the ``side x side`` map, mapped back through the resize of the
+        shorter side to ``size`` and the centre crop (as open_clip's transform does)."""
+        _check_size(width, height)
+        size, side = self.size, self.side
+        assert size is not None  # self.side checked it
+        if height <= width:
+            new_w, new_h = int(size * width / height), size
+        else:
+            new_w, new_h = size, int(size * height / width)
+        left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
+        sx, sy, cell = width / new_w, height / new_h, size / side
+        return [
+            (
+                math.floor((left + c * cell) * sx),
+                math.floor((top + r * cell) * sy),
+                min(width, math.ceil((left + (c + 1) * cell) * sx)),
+                min(height, math.ceil((top + (r + 1) * cell) * sy)),
+            )
+            for r in range(side)
+            for c in range(side)
+        ]
+
+
+SnippetSpec = GridSpec | PatchSpec | DenseSpec
 
 
 def parse_snippet_spec(text: str) -> SnippetSpec:
-    """Parse ``grid:RxC``, ``patch:K`` or ``patch:K/S``; raise ConfigError otherwise."""
+    """Parse ``grid:RxC``, ``patch:K[/S]`` or ``dense[:SIZE]``; raise ConfigError otherwise."""
     if not isinstance(text, str):
         raise ConfigError(f"snippet spec must be a string like {_FORMS}; got {text!r}")
     spec = text.strip().lower()
@@ -116,6 +179,16 @@ def parse_snippet_spec(text: str) -> SnippetSpec:
         if stride < 1:
             raise ConfigError(f"snippet spec {text!r}: patch stride must be >= 1 pixel")
         return PatchSpec(size, stride)
+    if m := _DENSE.fullmatch(spec):
+        if m["size"] is None:
+            return DenseSpec()
+        size = int(m["size"])
+        if size < DENSE_STRIDE or size % DENSE_STRIDE:
+            raise ConfigError(
+                f"snippet spec {text!r}: SIZE must be a positive multiple of {DENSE_STRIDE} "
+                "pixels (a ResNet CLIP's output stride)"
+            )
+        return DenseSpec(size)
     raise ConfigError(f"unknown snippet spec {text!r}: expected {_FORMS}")
 
 
@@ -127,6 +200,8 @@ def snippet_count(spec: SnippetSpec, width: int, height: int) -> int:
     as :meth:`boxes` for an image the spec cannot cut.
     """
     _check_size(width, height)
+    if isinstance(spec, DenseSpec):
+        return spec.side**2
     if isinstance(spec, GridSpec):
         if width < spec.cols or height < spec.rows:
             spec.boxes(width, height)  # raises the error that names the problem
