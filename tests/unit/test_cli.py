@@ -36,6 +36,8 @@ def test_snippets_counts_forward_passes():
     result = cdul("snippets", "grid:3x3", "--size", "500x375")
     assert result.returncode == 0
     assert "9 snippets, 10 CLIP forward passes" in result.stdout
+    dense = cdul("snippets", "dense:448", "--size", "500x375")
+    assert "196 snippets, 1 CLIP forward passes" in dense.stdout
 
 
 def test_bad_spec_is_one_clear_line_and_exit_2():

@@ -19,7 +19,7 @@ def test_dense_specs_parse_and_count():
     assert DenseSpec().at(224) == DenseSpec(224) and DenseSpec(64).at(224) == DenseSpec(64)
     with pytest.raises(ConfigError, match="multiple of 32"):
         parse_snippet_spec("dense:100")
-    with pytest.raises(ConfigError, match="needs the model's input size"):
+    with pytest.raises(ConfigError, match="give dense:SIZE"):
         snippet_count(DenseSpec(), 500, 375)
 
 

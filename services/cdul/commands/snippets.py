@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 
 from cdul.core.errors import ConfigError
-from cdul.core.method.snippets import parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import DenseSpec, parse_snippet_spec, snippet_count
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="grid:RxC (the paper's 3x3 = grid:3x3) or patch:K[/S]")
+    parser.add_argument(
+        "spec", help="grid:RxC (the paper's 3x3 = grid:3x3), patch:K[/S] or dense:SIZE"
+    )
     parser.add_argument(
         "--size", default="500x375", help="image size WIDTHxHEIGHT (default: a typical VOC image)"
     )
@@ -22,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     spec = parse_snippet_spec(args.spec)
     width, height = _parse_size(args.size)
     count = snippet_count(spec, width, height)
-    print(f"{spec} on a {width}x{height} image: {count} snippets, {count + 1} CLIP forward passes")
+    forwards = 1 if isinstance(spec, DenseSpec) else count + 1  # dense: one pass, every cell
+    print(f"{spec} on a {width}x{height} image: {count} snippets, {forwards} CLIP forward passes")
     if args.boxes:
         for box in spec.boxes(width, height):
             print(*box)

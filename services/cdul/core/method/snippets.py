@@ -129,7 +129,9 @@ class DenseSpec:
     @property
     def side(self) -> int:
         if self.size is None:
-            raise ConfigError("snippet spec 'dense' needs the model's input size (DenseSpec.at)")
+            raise ConfigError(
+                "snippet spec 'dense' means the served model's input size; give dense:SIZE"
+            )
         return self.size // DENSE_STRIDE
 
     def boxes(self, width: int, height: int) -> list[Box]:
