@@ -197,7 +197,13 @@ def test_gallery_without_ground_truth(folder_run, capsys):
     assert NAME not in index and index.count(ESCAPED) >= 3
     assert "no ground truth" in index and "Worst false" not in index and "AP" not in index
     # The summary: the run's settings.
-    for text in ("grid:3x3", "cdul-tiny-rn (tiny-clip.pt)", "a photo of a {}", "<td>zeta</td>"):
+    for text in (
+        "grid:3x3",
+        "cdul-tiny-rn (tiny-clip.pt)",
+        "a photo of a {}",
+        "<td>recipe</td>",
+        "paper(zeta=0.5) w=0.5",
+    ):
         assert text in index
     # The hand-worked numbers, the flags, the sorted-score plots (one per class).
     assert "3 of 4 at or over 0.5 (75.0%); mean 0.650, quartiles 0.500 / 0.650 / 0.800" in index

@@ -1,7 +1,7 @@
 """``cdul label-report RUN...``: one line per labeled run (the study's Table 2 layout).
 
 For runs with ground truth it reads each merged manifest (its stored evaluation; no
-recomputation) and prints snippet spec, zeta, images and macro mAP of global /
+recomputation) and prints snippet spec, label recipe, images and macro mAP of global /
 aggregate / final side by side. A run without ground truth has no mAP to show, so it
 gets a block of its own instead, computed from its labels: per class the images at or
 over ``--threshold``, the score distribution (mean, quartiles, a text histogram) and a
@@ -34,7 +34,8 @@ def rows_for(runs: list[str]) -> list[dict[str, object]]:
         m = LabelManifest.from_json(store.read_json(MANIFEST))
         ev = m.evaluation or {}
         rows.append(
-            {"run": uri, "snippets": m.snippet_spec, "zeta": m.zeta, "images": m.images,
+            {"run": uri, "snippets": m.snippet_spec, "recipe": str(m.label_recipe()),
+             "images": m.images,
              **{k: (ev[k]["mAP"] if k in ev else None) for k in ("global", "aggregate", "final")}}
         )  # fmt: skip
     return rows
@@ -44,12 +45,13 @@ def format_rows(rows: list[dict[str, object]]) -> str:
     def cell(value: object) -> str:
         return "-" if value is None else f"{100 * float(value):.1f}"  # type: ignore[arg-type]
 
-    lines = [f"{'snippets':<12} {'zeta':>5} {'images':>7} {'global':>7} {'aggr.':>7} "
+    recipe = max(len("recipe"), *(len(str(r["recipe"])) for r in rows))
+    lines = [f"{'snippets':<12} {'recipe':<{recipe}} {'images':>7} {'global':>7} {'aggr.':>7} "
              f"{'final':>7}  run"]  # fmt: skip
     for r in rows:
         lines.append(
-            f"{r['snippets']!s:<12} {r['zeta']!s:>5} {r['images']!s:>7} {cell(r['global']):>7} "
-            f"{cell(r['aggregate']):>7} {cell(r['final']):>7}  {r['run']}"
+            f"{r['snippets']!s:<12} {r['recipe']!s:<{recipe}} {r['images']!s:>7} "
+            f"{cell(r['global']):>7} {cell(r['aggregate']):>7} {cell(r['final']):>7}  {r['run']}"
         )
     lines.append("(macro mAP in %, over the classes with a positive image; - = none stored)")
     return "\n".join(lines)
@@ -91,7 +93,7 @@ def stats_block(uri: str, config: StatsConfig) -> str:
     labels = read_pseudo_labels(open_store(uri))
     m = labels.manifest
     head = (
-        f"{uri}: {len(labels)} images, no ground truth; {m.snippet_spec}, zeta {m.zeta:g}; "
+        f"{uri}: {len(labels)} images, no ground truth; {m.snippet_spec}, {m.label_recipe()}; "
         f"{config.vector} pseudo labels, a class fires at >= {config.threshold:g}"
     )
     return (

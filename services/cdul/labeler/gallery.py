@@ -214,9 +214,9 @@ class Gallery:
             ("images", f"{len(self.labels)} labeled, {len(m.skipped)} skipped by the labeler"),
             ("classes", str(len(self.labels.classes))),
             ("CLIP model", f"{m.clip_model} ({Path(m.clip_pretrained).name or 'default'})"),
-            ("template", m.template),
+            ("template", ", ".join(m.templates) if m.templates else m.template),
             ("snippets", m.snippet_spec),
-            ("zeta", f"{m.zeta:g}"),
+            ("recipe", str(m.label_recipe())),
             ("shown", f"{cfg.vector} pseudo labels; a class fires at >= {cfg.threshold:g}"),
             ("created", f"{m.created} (code {m.code_version})"),
         ]

@@ -35,7 +35,7 @@ def describe(store: ObjectStore, labels: PseudoLabels, evaluation) -> str:
     lines = [
         f"{store.uri_for(MANIFEST)}: {m.images} images in {len(m.shards)} shard(s), "
         f"{len(m.skipped)} skipped; {m.clip_model} ({m.clip_pretrained}), {m.snippet_spec}, "
-        f"zeta {m.zeta}"
+        f"{m.label_recipe()}"
     ]
     lines += [f"  skipped {s['image_id']} ({s['path']}): {s['reason']}" for s in m.skipped]
     if evaluation is not None:
