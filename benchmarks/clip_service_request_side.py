@@ -20,7 +20,8 @@ torch ops, gRPC's C-core) and the rest (gRPC's Python, protobuf, the stream's th
 ``--profile`` adds a round under cProfile (thread CPU time, every Python thread).
 
     .venv/bin/python benchmarks/clip_service_request_side.py --spec grid:3x3 patch:16 \
-        --preprocess tensor pil --results benchmarks/results/clip_service_request_side.csv
+        --preprocess tensor pil \
+        --results benchmarks/results/clip_service_request_side_2core_before.csv
 """
 
 from __future__ import annotations
