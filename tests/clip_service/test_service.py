@@ -3,7 +3,6 @@ independent reference computed with open_clip directly (not through cdul's score
 
 import io
 import random
-import time
 import urllib.request
 
 import grpc
@@ -157,18 +156,16 @@ def test_streams_spread_over_every_address_of_one_target(server, world_clip):
     try:
         before = [stream_answers(server.metrics_port), stream_answers(other.metrics_port)]
         target = f"ipv4:127.0.0.1:{server.port},127.0.0.1:{other.port}"
-        images = [(f"s{i}", encode(make_scene(3, i).image)) for i in range(24)]
-        with SimilarityClient([target], deadline_s=30, streams_per_endpoint=4) as spread:
-            # The first call connects to every address; round-robin picks only among the
-            # connected ones, as the labeler's start-up check gives it time to.
-            spread.model_info()
-            time.sleep(0.5)
+        images = [(f"s{i}", encode(make_scene(3, i).image)) for i in range(64)]
+        with SimilarityClient([target], deadline_s=30, streams_per_endpoint=12) as spread:
+            # Each stream has its own channel (its own connections, for servers run as
+            # several processes on one port); each connects to every address first.
             answers = list(spread.score_stream(images, label_set_ref(CLASSES), "grid:2x2", 2))
         assert sorted(a.id for a in answers) == sorted(i for i, _ in images)
         assert not any(a.error for a in answers)
         after = [stream_answers(server.metrics_port), stream_answers(other.metrics_port)]
         served = [a - b for a, b in zip(after, before, strict=True)]
-        assert sum(served) == 24 and min(served) > 0, served
+        assert sum(served) == 64 and min(served) > 0, served
     finally:
         other.stop(grace_s=1.0)
     with pytest.raises(ValueError, match="streams_per_endpoint"):

@@ -76,22 +76,30 @@ class SimilarityClient:
             # Every address a target resolves to, in turn (gRPC's default picks the first).
             ("grpc.lb_policy_name", "round_robin"),
         ]
+        # Each channel its own connections (gRPC shares them between channels of equal
+        # settings otherwise): a server run as several processes on one port
+        # (clip-serve --processes) is spread over by connection, so each stream needs one.
+        options.append(("grpc.use_local_subchannel_pool", 1))
         make = (
             (lambda e: grpc.secure_channel(e, credentials, options))
             if credentials
             else (lambda e: grpc.insecure_channel(e, options))
         )
         self.endpoints = list(endpoints)
-        self._channels = [make(e) for e in self.endpoints]
-        self._stubs = [pb_grpc.SimilarityStub(c) for c in self._channels]
+        # Per endpoint: one channel per stream; unary calls use the first.
+        self._channels = [[make(e) for _ in range(streams_per_endpoint)] for e in self.endpoints]
+        self._stubs = [pb_grpc.SimilarityStub(c[0]) for c in self._channels]
+        self._stream_stubs = [[pb_grpc.SimilarityStub(c) for c in per_endpoint]
+                              for per_endpoint in self._channels]  # fmt: skip
         self._next = itertools.count()
         self.streams_per_endpoint = streams_per_endpoint
         self.deadline_s = deadline_s
         self.retry = retry or RetryPolicy(attempts=6, initial_backoff_s=0.2, max_backoff_s=5.0)
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        for per_endpoint in self._channels:
+            for channel in per_endpoint:
+                channel.close()
 
     def __enter__(self) -> SimilarityClient:
         return self
@@ -115,6 +123,21 @@ class SimilarityClient:
                 log.warning("%s to %s: %s; retrying in %.2fs", method, self.endpoints[index],
                             code.name, delay)  # fmt: skip
                 time.sleep(delay)
+
+    def _connect_stream_channels(self, settle_s: float = 0.1) -> None:
+        """Connect every stream's channel before its first call: round-robin picks among
+        the addresses already connected, so a fresh channel would send its stream to
+        whichever address of a multi-address target answered first. A channel that does
+        not connect now is left to the stream's own retries."""
+        channels = [c for per_endpoint in self._channels for c in per_endpoint]
+        futures = [grpc.channel_ready_future(c) for c in channels]
+        for future in futures:
+            try:
+                future.result(timeout=min(self.deadline_s, 10.0))
+            except grpc.FutureTimeoutError:
+                future.cancel()
+        if len(channels) > 1:
+            time.sleep(settle_s)  # the other addresses' connections, a round trip behind
 
     def model_info(self) -> pb.ModelInfo:
         return self._unary("GetModelInfo", pb.ModelInfoRequest())
@@ -176,10 +199,11 @@ class SimilarityClient:
             for _ in range(stream_count):
                 work.put(_END)
 
+        self._connect_stream_channels()
         drivers = [
             _StreamDriver(stub, endpoint, work, answers, max_in_flight, self.retry)
-            for stub, endpoint in zip(self._stubs, self.endpoints, strict=True)
-            for _ in range(self.streams_per_endpoint)
+            for stubs, endpoint in zip(self._stream_stubs, self.endpoints, strict=True)
+            for stub in stubs
         ]
         threads = [threading.Thread(target=feed, daemon=True)] + [
             threading.Thread(target=driver.run, daemon=True) for driver in drivers

@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
         pretrained=None if pretrained is None or pretrained.lower() == "none" else pretrained,
         metrics_port=None if metrics_port is None or metrics_port < 0 else metrics_port,
     )
+    if config.processes > 1:
+        from cdul.clip_service.processes import serve_processes
+
+        return serve_processes(config)
     server = SimilarityServer(config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

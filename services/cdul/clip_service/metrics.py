@@ -36,8 +36,9 @@ class ServiceMetrics:
             "cdul_clip_snippets_encoded", "Snippets encoded", registry=self.registry
         )
         self.queue_depth = Gauge(
-            "cdul_clip_queue_views", "Views waiting for the encoder", registry=self.registry
-        )
+            "cdul_clip_queue_views", "Views waiting for the encoder (after the last batch)",
+            registry=self.registry, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.queue_full = Counter(
             "cdul_clip_queue_full", "Requests refused because the queue was full",
             registry=self.registry,

@@ -69,6 +69,11 @@ class ServerConfig:
     max_wait_ms: float = setting(5.0, "batch fill wait")
     max_queue_views: int = setting(8192, "views queued before RESOURCE_EXHAUSTED")
     workers: int = setting(16, "RPC threads")
+    processes: int = setting(
+        1, "server processes sharing the port (SO_REUSEPORT), each with its own model copy "
+        "and batcher: one process serialises the request side on its GIL (~600 images/s "
+        "at best), so feed a GPU with several",
+    )  # fmt: skip
     max_message_mb: int = 32
     grace_s: float = setting(30.0, "seconds to drain on SIGTERM", flag="--grace")
     tls_cert: Path | None = setting(None, "TLS certificate (PEM)", type=Path)
@@ -77,7 +82,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         at_least_one = {"max-batch": self.max_batch, "max-queue-views": self.max_queue_views,
-                        "workers": self.workers, "max_message_mb": self.max_message_mb}  # fmt: skip
+                        "workers": self.workers, "max_message_mb": self.max_message_mb,
+                        "processes": self.processes}  # fmt: skip
         for name, value in at_least_one.items():
             if value < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {value}")
@@ -130,6 +136,9 @@ class SimilarityServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # Several processes may serve one port (--processes; the kernel spreads
+                # connections over them).
+                ("grpc.so_reuseport", 1),
             ],
         )
         # Registered before start (gRPC takes no handlers after it); answers UNAVAILABLE
@@ -180,7 +189,7 @@ class SimilarityServer:
             max_batch=self.config.max_batch,
             max_wait_ms=self.config.max_wait_ms,
             max_queue_views=self.config.max_queue_views,
-            on_batch=self.metrics.batch_size.observe,
+            on_batch=self._on_batch,
         )
 
         def load() -> ClipScorer:
@@ -193,7 +202,6 @@ class SimilarityServer:
         except BaseException:
             self.batcher.close()
             raise
-        self.metrics.queue_depth.set_function(lambda: self.batcher.queued_views)
         servicer = SimilarityServicer(
             scorer,
             self.batcher,
@@ -210,6 +218,13 @@ class SimilarityServer:
                  scorer.clip.name, self.port, self.device, self.precision, self.preprocess,
                  self.preprocess_in)  # fmt: skip
         return self
+
+    def _on_batch(self, views: int) -> None:
+        # Set here rather than read on scrape: with --processes the metrics are merged
+        # from files the processes write, and a gauge only lands there when set.
+        self.metrics.batch_size.observe(views)
+        if self.batcher is not None:
+            self.metrics.queue_depth.set(self.batcher.queued_views)
 
     def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING, refuse new RPCs, let accepted ones finish, stop the batcher."""
