@@ -52,6 +52,7 @@ from cdul.clip_service.client import SimilarityClient, label_set_ref
 from cdul.clip_service.launch import READY
 from cdul.clip_service.server import ServerConfig, SimilarityServer
 from cdul.clip_service.servicer import SimilarityServicer
+from cdul.core.clip_preprocess import TensorPreprocess
 from cdul.core.clip_scoring import ClipScorer
 from cdul.core.datasets.voc import VOC_CLASSES
 
@@ -101,6 +102,13 @@ def child(settings: dict) -> None:
         return torch.zeros(pixels.shape[0], self.clip.embed_dim)
 
     ClipScorer.encode = no_op_encode
+    if settings.pop("device_noop"):  # crop, resize, normalise: the GPU's work there
+
+        def no_op_on_device(self, pixels: torch.Tensor, boxes) -> torch.Tensor:
+            return torch.zeros(1 + len(boxes), 1)
+
+        TensorPreprocess.on_device = no_op_on_device
+    port = settings.pop("port")
     profile_path, profiles = settings.pop("profile"), []
     if profile_path:  # one profiler per thread (Python 3.11's cProfile sees one thread)
         run = threading.Thread.run
@@ -114,7 +122,7 @@ def child(settings: dict) -> None:
     else:
         for stage, (owner, name) in STAGES.items():
             setattr(owner, name, _timed(stage, getattr(owner, name)))
-    config = ServerConfig(**settings, host="127.0.0.1", port=0, metrics_port=None,
+    config = ServerConfig(**settings, host="127.0.0.1", port=port, metrics_port=None,
                           device="cpu", precision="fp32", max_queue_views=1 << 22)  # fmt: skip
     server = SimilarityServer(config).start()
     print(f"{READY} {server.port}", flush=True)
@@ -188,30 +196,41 @@ def stream(client: SimilarityClient, images, spec: str, args) -> None:
 def measure(args, preprocess: str, spec: str, images) -> dict:
     settings = {"model": args.model, "pretrained": None, "preprocess": preprocess,
                 "preprocess_in": args.preprocess_in, "max_batch": args.max_batch,
-                "workers": args.workers, "profile": None}  # fmt: skip
-    server = Server(settings)
+                "workers": args.workers, "profile": None, "port": 0,
+                "device_noop": args.device_noop}  # fmt: skip
+    servers = [Server(settings)]  # more processes on the first one's port (SO_REUSEPORT)
+    servers += [Server({**settings, "port": servers[0].port}) for _ in range(args.processes - 1)]
+    streams = args.streams or 2 * args.processes
     rounds, stages, other = [], collections.Counter(), 0.0
     try:
-        with SimilarityClient([f"127.0.0.1:{server.port}"], deadline_s=600) as client:
+        with SimilarityClient([f"127.0.0.1:{servers[0].port}"], deadline_s=600,
+                              streams_per_endpoint=streams) as client:  # fmt: skip
             stream(client, images[:16], spec, args)  # warm-up
             for _ in range(args.rounds):
-                stage0, thread0, cpu0 = server.stages()[0], server.threads(), server.cpu()
+                stage0 = sum((s.stages()[0] for s in servers), collections.Counter())
+                thread0, cpu0 = [s.threads() for s in servers], sum(s.cpu() for s in servers)
                 client0, wall0 = time.process_time(), time.perf_counter()
                 stream(client, images, spec, args)
                 wall, client_s = time.perf_counter() - wall0, time.process_time() - client0
-                server_s = server.cpu() - cpu0
-                thread1, (stage1, tids) = server.threads(), server.stages()
-                stages.update(stage1 - stage0)
-                other += sum(v - thread0.get(t, 0.0) for t, v in thread1.items() if t not in tids)
+                server_s = sum(s.cpu() for s in servers) - cpu0
+                for server, before in zip(servers, thread0, strict=True):
+                    thread1, (stage1, tids) = server.threads(), server.stages()
+                    stages.update(stage1)
+                    other += sum(v - before.get(t, 0.0) for t, v in thread1.items()
+                                 if t not in tids)  # fmt: skip
+                stages.subtract(stage0)
                 rounds.append((len(images) / wall, server_s, client_s))
     finally:
-        server.close()
+        for server in servers:
+            server.close()
     n, total = len(images), len(images) * args.rounds
     ips = statistics.median(r[0] for r in rounds)
     server_ms = statistics.median(1000 * r[1] / n for r in rounds)
     client_ms = statistics.median(1000 * r[2] / n for r in rounds)
     each = " ".join(f"{r[0]:.1f}" for r in rounds)
-    print(f"\n{spec} {preprocess}: {n} images x {args.rounds} rounds ({each} images/s)\n"
+    print(f"\n{spec} {preprocess}{' (device no-op)' if args.device_noop else ''}, "
+          f"{args.processes} server process(es), {streams} streams: "
+          f"{n} images x {args.rounds} rounds ({each} images/s)\n"
           f"  {ips:.1f} images/s; server CPU {server_ms:.2f} ms/image, client "
           f"{client_ms:.2f} ms/image; per core {1000 / server_ms:.1f} images/s; "
           f"{CORES} cores {CORES * 1000 / server_ms:.0f} images/s (goal {GOAL:.0f})")  # fmt: skip
@@ -221,7 +240,7 @@ def measure(args, preprocess: str, spec: str, images) -> dict:
     print(f"  server CPU by stage (ms/image, all rounds; mean {mean_ms:.2f}):")
     for name, value in stage_ms.items():
         print(f"    {name:<18}{value:8.2f}  {value / mean_ms:6.1%}")
-    if preprocess == "tensor":  # cutting, resizing and the batch's cat run on the GPU there
+    if preprocess == "tensor" and not args.device_noop:  # these run on the GPU there
         host = stage_ms["decode"] + stage_ms["label_set"] + stage_ms["answer"] + stage_ms[REST]
         print(f"  decode + label_set + answer + rest (the host's share with a GPU): {host:.2f} "
               f"ms/image, {CORES} cores {CORES * 1000 / host:.0f} images/s")  # fmt: skip
@@ -235,6 +254,7 @@ def measure(args, preprocess: str, spec: str, images) -> dict:
             **{f"{k}_ms": round(v, 3) for k, v in stage_ms.items()},
             "model": args.model, "cosines": args.cosines, "in_flight": args.in_flight,
             "max_batch": args.max_batch, "preprocess_in": args.preprocess_in,
+            "device_noop": args.device_noop, "processes": args.processes, "streams": streams,
             "cpus": os.cpu_count()}  # fmt: skip
 
 
@@ -295,6 +315,14 @@ def main() -> None:
     add("--model", default="RN50", help="open_clip model (random weights)")
     add("--profile", action="store_true", help="add a cProfile round per mode")
     add("--top", type=int, default=6, help="callees shown per profiled stage")
+    add(
+        "--device-noop",
+        action="store_true",
+        help="also no-op TensorPreprocess.on_device (crop, resize, normalise: the GPU's "
+        "work on a GPU server), so the server's CPU is what a GPU server's CPU does",
+    )
+    add("--processes", type=int, default=1, help="server processes on one port")
+    add("--streams", type=int, default=0, help="client streams (default 2 x processes)")
     add("--cosines", action=argparse.BooleanOptionalAction, default=True,
         help="include_cosines in every request, as the labeler (default)")  # fmt: skip
     add_results_option(parser)

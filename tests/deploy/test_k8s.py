@@ -383,3 +383,17 @@ def test_inline_create_bucket_snippet_creates_the_bucket(s3_env, s3_server, monk
     from cdul.core.storage import open_store
 
     open_store(f"s3://{bucket}")  # raises when the bucket is missing
+
+
+def test_gpu_clip_service_runs_several_processes_within_its_cpu_request() -> None:
+    # One process serialises the request side on its GIL; the gpu overlay feeds each chip
+    # with several (README "Request side"), and requests a core and a half per process.
+    spec = by_name("gpu", "Deployment", "clip-service")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    args = c["args"]
+    processes = int(args[args.index("--processes") + 1])
+    assert processes >= 2
+    assert int(args[args.index("--max-batch") + 1]) >= 10 * processes  # a grid:3x3 image each
+    assert float(c["resources"]["requests"]["cpu"]) >= 1.5 * processes
+    dev = by_name("dev", "Deployment", "clip-service")["spec"]["template"]["spec"]
+    assert "--processes" not in dev["containers"][0]["args"]  # a CPU encoder wants one batcher

@@ -56,7 +56,14 @@ class TensorPreprocess:
 
     def __call__(self, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
         """``(1 + len(boxes), 3, S, S)``: the whole image, then one row per box."""
-        pixels = torch.from_numpy(np.array(image.convert("RGB"))).to(self.device)
+        return self.on_device(self.upload(image), boxes)
+
+    def upload(self, image: Image.Image) -> torch.Tensor:
+        """The host's part: the decoded image's ``(H, W, 3)`` uint8 pixels, on the device."""
+        return torch.from_numpy(np.array(image.convert("RGB"))).to(self.device)
+
+    def on_device(self, pixels: torch.Tensor, boxes: Sequence[Box]) -> torch.Tensor:
+        """The device's part: crop, resize and normalise the uploaded pixels."""
         pixels = pixels.permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
         whole = self._resize_crop(pixels[None])
         if not boxes:
