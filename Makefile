@@ -89,7 +89,21 @@ if [ -z "$$endpoint" ]; then \
 fi;
 endef
 
-.PHONY: label-world table2
+.PHONY: label-world table2 bench-recipes
+
+# Issue 14's table: label recipes side by side on two world seeds (val pseudo-label mAP,
+# forwards/image, images/s), then the classifier trained on the paper's and the best two.
+bench-recipes: $(STAMP) world-models
+	$(PY) benchmarks/label_recipes.py --seeds 0,1 --train \
+	  --results benchmarks/results/label_recipes_world_cpu_fp32.csv
+
+# Issue 13's CPU proxy: the CLIP service's request side with the device's work as no-ops,
+# one server process and as many as this machine has cores, side by side.
+.PHONY: bench-request-side
+bench-request-side: $(STAMP)
+	$(PY) benchmarks/clip_service_request_side.py --spec grid:3x3 --device-noop --processes 1
+	$(PY) benchmarks/clip_service_request_side.py --spec grid:3x3 --device-noop \
+	  --processes $$(nproc)
 
 # The labeler on the embedded world (offline): 500 val scenes (generated once under WORLD_DIR),
 # SNIPPETS (grid:3x3) into LABEL_RUN, the mAP table, then a zeta sweep from the stored alpha/beta.
