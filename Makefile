@@ -101,9 +101,8 @@ bench-recipes: $(STAMP) world-models
 # one server process and as many as this machine has cores, side by side.
 .PHONY: bench-request-side
 bench-request-side: $(STAMP)
-	$(PY) benchmarks/clip_service_request_side.py --spec grid:3x3 --device-noop --processes 1
 	$(PY) benchmarks/clip_service_request_side.py --spec grid:3x3 --device-noop \
-	  --processes $$(nproc)
+	  --processes 1 $$(nproc)
 
 # The labeler on the embedded world (offline): 500 val scenes (generated once under WORLD_DIR),
 # SNIPPETS (grid:3x3) into LABEL_RUN, the mAP table, then a zeta sweep from the stored alpha/beta.

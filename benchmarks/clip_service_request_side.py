@@ -193,14 +193,14 @@ def stream(client: SimilarityClient, images, spec: str, args) -> None:
     assert len(answers) == len(images) and not any(a.error for a in answers), answers[:1]
 
 
-def measure(args, preprocess: str, spec: str, images) -> dict:
+def measure(args, preprocess: str, spec: str, images, processes: int = 1) -> dict:
     settings = {"model": args.model, "pretrained": None, "preprocess": preprocess,
                 "preprocess_in": args.preprocess_in, "max_batch": args.max_batch,
                 "workers": args.workers, "profile": None, "port": 0,
                 "device_noop": args.device_noop}  # fmt: skip
     servers = [Server(settings)]  # more processes on the first one's port (SO_REUSEPORT)
-    servers += [Server({**settings, "port": servers[0].port}) for _ in range(args.processes - 1)]
-    streams = args.streams or 2 * args.processes
+    servers += [Server({**settings, "port": servers[0].port}) for _ in range(processes - 1)]
+    streams = args.streams or 2 * processes
     rounds, stages, other = [], collections.Counter(), 0.0
     try:
         with SimilarityClient([f"127.0.0.1:{servers[0].port}"], deadline_s=600,
@@ -229,7 +229,7 @@ def measure(args, preprocess: str, spec: str, images) -> dict:
     client_ms = statistics.median(1000 * r[2] / n for r in rounds)
     each = " ".join(f"{r[0]:.1f}" for r in rounds)
     print(f"\n{spec} {preprocess}{' (device no-op)' if args.device_noop else ''}, "
-          f"{args.processes} server process(es), {streams} streams: "
+          f"{processes} server process(es), {streams} streams: "
           f"{n} images x {args.rounds} rounds ({each} images/s)\n"
           f"  {ips:.1f} images/s; server CPU {server_ms:.2f} ms/image, client "
           f"{client_ms:.2f} ms/image; per core {1000 / server_ms:.1f} images/s; "
@@ -254,7 +254,7 @@ def measure(args, preprocess: str, spec: str, images) -> dict:
             **{f"{k}_ms": round(v, 3) for k, v in stage_ms.items()},
             "model": args.model, "cosines": args.cosines, "in_flight": args.in_flight,
             "max_batch": args.max_batch, "preprocess_in": args.preprocess_in,
-            "device_noop": args.device_noop, "processes": args.processes, "streams": streams,
+            "device_noop": args.device_noop, "processes": processes, "streams": streams,
             "cpus": os.cpu_count()}  # fmt: skip
 
 
@@ -321,7 +321,13 @@ def main() -> None:
         help="also no-op TensorPreprocess.on_device (crop, resize, normalise: the GPU's "
         "work on a GPU server), so the server's CPU is what a GPU server's CPU does",
     )
-    add("--processes", type=int, default=1, help="server processes on one port")
+    add(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="server processes on one port; several values are measured side by side",
+    )
     add("--streams", type=int, default=0, help="client streams (default 2 x processes)")
     add("--cosines", action=argparse.BooleanOptionalAction, default=True,
         help="include_cosines in every request, as the labeler (default)")  # fmt: skip
@@ -337,11 +343,20 @@ def main() -> None:
     for preprocess in args.preprocess:
         for spec in args.spec:
             n = args.patch_images if spec.startswith("patch") else args.images
-            rows.append(measure(args, preprocess, spec, images[:n]))
-    columns = list(rows[0])[:2] + list(rows[0])[4:9]  # spec, preprocess, ... projected_16_cores
+            for processes in args.processes:
+                rows.append(measure(args, preprocess, spec, images[:n], processes))
+    columns = ["spec", "preprocess", "processes", *list(rows[0])[4:9]]
     print(f"\ngoal: {GOAL:.0f} images/s on {CORES} cores\n" + " | ".join(columns))
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))
+    if len(args.processes) > 1:
+        one = {(r["spec"], r["preprocess"]): r for r in rows if r["processes"] == args.processes[0]}
+        for row in rows:
+            base = one[(row["spec"], row["preprocess"])]
+            if row is not base:
+                print(f"{row['spec']} {row['preprocess']}: {row['processes']} processes / "
+                      f"{base['processes']}: {row['images_per_s'] / base['images_per_s']:.2f}x "
+                      "images/s")  # fmt: skip
     write_results(args.results, rows)
 
 
