@@ -195,9 +195,10 @@ def to_table(
             raise ConfigError("cosines do not match the images: one row per image and snippet")
         glob = pa.array(cosines.global_cosine.float().numpy().reshape(-1), type=pa.float32())
         columns["global_cosine"] = pa.FixedSizeListArray.from_arrays(glob, width)
-        offsets = np.concatenate([[0], np.cumsum(cosines.counts.numpy() * width)]).astype(np.int32)
+        # 64-bit offsets: a shard of patch specs can hold over 2**31 cosines.
+        offsets = np.concatenate([[0], np.cumsum(cosines.counts.numpy() * width)]).astype(np.int64)
         flat = pa.array(cosines.snippet_cosine.float().numpy().reshape(-1), type=pa.float32())
-        columns["snippet_cosine"] = pa.ListArray.from_arrays(pa.array(offsets), flat)
+        columns["snippet_cosine"] = pa.LargeListArray.from_arrays(pa.array(offsets), flat)
     return pa.table(columns)
 
 

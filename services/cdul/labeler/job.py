@@ -18,9 +18,9 @@ scratch space: readers of the artefact only ever look at shards named by manifes
 whole shard with ``max_in_flight`` requests outstanding on each, so the service's
 batcher always has work. Answers are aggregated here by the run's label recipe
 (:mod:`cdul.core.method.recipes`; the paper's Eq. 6-7 by default) from the service's
-global scores and alpha/beta (Eq. 1-5), or from every snippet's cosines, which the
-service sends and the shards keep unless ``--no-store-cosines`` and the recipe needs
-only alpha and beta.
+global scores and alpha/beta (Eq. 1-5), or from every snippet's cosines. The service
+sends those whenever the recipe needs them or the run keeps them (the default;
+``--no-store-cosines`` keeps none).
 """
 
 from __future__ import annotations
