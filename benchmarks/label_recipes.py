@@ -31,15 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from results_file import add_results_option, write_results
 
 from cdul.clip_service import launch
-from cdul.core.evaluation import evaluate
-from cdul.core.pseudo_labels import over_threshold, read_pseudo_labels, relabel
+from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labeler.job import LabelConfig, label
-from cdul.labeler.sweep import recipes
+from cdul.labeler.sweep import recipes, sweep
 from cdul.trainer.loop import METRICS_KEY
 
 # name -> (snippet spec, templates): what CLIP computes.
@@ -96,14 +94,6 @@ def label_run(endpoint: str, dataset: str, output: Path, spec: str, templates: s
     return time.perf_counter() - start
 
 
-def micro_f1(scores: torch.Tensor, truth: torch.Tensor) -> float:
-    """F1 over all (image, class) pairs of the labels at 0.5: unlike mAP (per-class
-    ranks), it sees a per-class rescaling such as debiasing."""
-    predicted = torch.from_numpy(over_threshold(scores, 0.5))
-    hits = (predicted & truth.bool()).sum().item()
-    return 2 * hits / max(1, predicted.sum().item() + truth.sum().item())
-
-
 def sweep_seed(seed: int, endpoint: str, root: Path, workdir: Path, val: int) -> list[dict]:
     # Warm-up (the service's first requests load the label set and the allocator).
     label_run(endpoint, f"voc:{root}:val", workdir / "warm-up", "grid:3x3", None, limit=32)
@@ -115,17 +105,16 @@ def sweep_seed(seed: int, endpoint: str, root: Path, workdir: Path, val: int) ->
         snippets = int(labels.cosines.counts[0])
         forwards = 1 if spec.startswith("dense") else 1 + snippets
         glob = labels.manifest.evaluation["global"]["mAP"]
-        for recipe in GRID:
-            final = relabel(labels, recipe)["final"]
+        swept, _ = sweep(labels, GRID)  # label-sweep's own rows (the run stores cosines)
+        for recipe, row in zip(GRID, swept, strict=True):
             rows.append({
                 "seed": seed, "labeling": name, "spec": spec, "templates": templates or "",
                 "recipe": str(recipe), "aggregation": recipe.aggregation,
                 "global_weight": recipe.global_weight, "debias": recipe.debias,
                 "forwards_per_image": forwards, "images_per_s": round(val / seconds, 1),
                 "global_mAP": round(glob, 4),
-                "pseudo_label_mAP": round(evaluate(final, labels.ground_truth,
-                                                   labels.classes).mean_ap, 4),
-                "f1_at_0.5": round(micro_f1(final, labels.ground_truth), 4),
+                "pseudo_label_mAP": round(row["final_mAP"], 4),
+                "f1_at_0.5": round(row["final_F1"], 4),
             })  # fmt: skip
         paper = next(r for r in rows[-len(GRID) :] if r["recipe"] == "paper(zeta=0.5) w=0.5")
         best = max(rows[-len(GRID) :], key=lambda r: r["pseudo_label_mAP"])

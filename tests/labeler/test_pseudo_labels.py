@@ -216,3 +216,24 @@ def test_over_threshold_is_one_rule_with_float32_equality():
     assert over_threshold(scores, 0.3).tolist() == [[True, False, True], [True, False, True]]
     assert over_threshold(scores, 0.9).tolist() == [[False, False, False], [True, False, True]]
     assert float(scores[1, 0]) < 0.9  # why the comparison is in float32
+
+
+def test_sweep_rows_by_hand(store):
+    from cdul.labeler.sweep import recipes, sweep
+
+    final = torch.tensor([[0.75, 0.25], [0.25, 0.5], [0.5, 0.25]])
+    truth = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    vecs = {name: final for name in ("global", "alpha", "beta", "aggregate", "final")}
+    m = manifest(count=1, classes=["cat", "dog"])
+    write_shard(store, m, to_table(["a", "b", "c"], vecs, truth))
+    grid = recipes(["paper", "max", "mean"], [0.0, 0.5], [0.5], ["none"])
+    assert [str(r) for r in grid] == ["paper(zeta=0) w=0.5", "paper(zeta=0.5) w=0.5", "max w=0.5",
+                                      "mean w=0.5"]  # fmt: skip
+    rows, skipped = sweep(merge_shards(store), grid)
+    assert skipped == ["mean w=0.5"]  # no stored cosines
+    # Every vector equals final, so each rule gives final again. At 0.5: labels (a, cat),
+    # (b, dog), (c, cat); 2 of them true, 2 true in all: F1 = 2 * 2 / (3 + 2) = 0.8.
+    for row in rows:
+        assert row["final_F1"] == pytest.approx(0.8)
+        assert row["labels_per_image"] == 1.0 and row["classes_never_labeled"] == 0
+    assert [row["zeta"] for row in rows] == [0.0, 0.5, ""]

@@ -88,9 +88,8 @@ class SimilarityClient:
         self.endpoints = list(endpoints)
         # Per endpoint: one channel per stream; unary calls use the first.
         self._channels = [[make(e) for _ in range(streams_per_endpoint)] for e in self.endpoints]
-        self._stubs = [pb_grpc.SimilarityStub(c[0]) for c in self._channels]
-        self._stream_stubs = [[pb_grpc.SimilarityStub(c) for c in per_endpoint]
-                              for per_endpoint in self._channels]  # fmt: skip
+        self._stubs = [[pb_grpc.SimilarityStub(c) for c in per_endpoint]
+                       for per_endpoint in self._channels]  # fmt: skip
         self._next = itertools.count()
         self.streams_per_endpoint = streams_per_endpoint
         self.deadline_s = deadline_s
@@ -112,7 +111,7 @@ class SimilarityClient:
         while True:
             index = next(self._next) % len(self._stubs)
             try:
-                return getattr(self._stubs[index], method)(request, timeout=self.deadline_s)
+                return getattr(self._stubs[index][0], method)(request, timeout=self.deadline_s)
             except grpc.RpcError as error:
                 code = error.code()
                 delay = next(backoffs, None) if code in RETRYABLE else None
@@ -202,7 +201,7 @@ class SimilarityClient:
         self._connect_stream_channels()
         drivers = [
             _StreamDriver(stub, endpoint, work, answers, max_in_flight, self.retry)
-            for stubs, endpoint in zip(self._stream_stubs, self.endpoints, strict=True)
+            for stubs, endpoint in zip(self._stubs, self.endpoints, strict=True)
             for stub in stubs
         ]
         threads = [threading.Thread(target=feed, daemon=True)] + [

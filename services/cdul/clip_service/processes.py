@@ -26,24 +26,18 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import fields
 from pathlib import Path
 
-from cdul.clip_service.launch import CDUL, READY
+from cdul.clip_service.launch import CDUL, READY, ClipServiceStartError
 from cdul.clip_service.server import ServerConfig
-from cdul.core.errors import CdulError
 
 log = logging.getLogger(__name__)
 # Given to the children as flags (not through the settings file: paths stay paths).
 _AS_FLAGS = ("tls_cert", "tls_key", "port", "metrics_port", "processes", "limits")
-
-
-class ServerProcessError(CdulError):
-    """A server process failed to start or died."""
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -55,7 +49,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise ServerProcessError(f"cannot bind {host}:{port}: {error.strerror}") from None
+        raise ClipServiceStartError(f"cannot bind {host}:{port}: {error.strerror}") from None
     return sock
 
 
@@ -107,7 +101,7 @@ class ProcessGroup:
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ServerProcessError(
+                raise ClipServiceStartError(
                     f"{len(waiting)} of {len(self.children)} clip-serve processes did not "
                     f"serve within {self.start_timeout_s:.0f} s"
                 )
@@ -118,7 +112,7 @@ class ProcessGroup:
                 if READY in line:
                     del waiting[fd]
                 elif not line and child.poll() is not None:
-                    raise ServerProcessError(
+                    raise ClipServiceStartError(
                         f"a clip-serve process exited with code {child.returncode} while "
                         "starting; its log is above"
                     )
@@ -173,5 +167,4 @@ def serve_processes(config: ServerConfig) -> int:
     group = ProcessGroup(config).start()
     print(f"cdul clip-serve: {READY} {group.port} (metrics port {group.metrics_port}, "
           f"{config.processes} processes)", flush=True)  # fmt: skip
-    sys.stdout.flush()
     return group.wait(stop)

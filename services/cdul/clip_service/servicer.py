@@ -172,8 +172,8 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             views = [self.scorer.view_pixels(image, spec) for image in images]
             return views[0] if len(views) == 1 else torch.cat(views)
 
-        encode = self.scorer.encoder(spec)
-        encode = None if encode == self.scorer.encode else encode  # the batcher's own
+        # A dense view answers every cell: its own encoder; others use the batcher's.
+        encode = self.scorer.encode_dense if isinstance(spec, DenseSpec) else None
         try:
             if self.preprocess_in_batcher:
                 return self.batcher.submit(pixels, views=views, encode=encode)

@@ -162,11 +162,6 @@ class ClipScorer:
             return preprocess(image, [])
         return pil_views(preprocess, image, [])
 
-    def encoder(self, spec: SnippetSpec | None) -> Callable[[torch.Tensor], torch.Tensor]:
-        """What encodes ``spec``'s views: :meth:`encode` (``(N, D)`` per view), or for a
-        dense spec :meth:`encode_dense` (``(N, 1 + cells, D)`` per image)."""
-        return self.encode_dense if isinstance(spec, DenseSpec) else self.encode
-
     @torch.inference_mode()
     def encode_dense(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(N, 1 + cells, D)``: per image its global and per-cell embeddings, one

@@ -417,10 +417,11 @@ def merge_shards(
             "evaluation": None,
         }
     )
-    table = pa.concat_tables(tables)
-    bias = merged.label_recipe().bias(from_table(table, merged)["final"])
-    merged.class_bias = None if bias is None else bias.tolist()
-    labels = from_table(table, merged)
+    labels = from_table(pa.concat_tables(tables), merged)
+    bias = merged.label_recipe().bias(labels["final"])
+    if bias is not None:  # the second pass: stored, and applied as reading applies it
+        merged.class_bias = bias.tolist()
+        labels.vectors["final"] = debias(labels["final"], torch.tensor(merged.class_bias))
     if evaluate is not None:
         merged.evaluation = evaluate(labels)
     store.write_json(MANIFEST, merged.to_json())

@@ -5,7 +5,8 @@ Every combination of ``--aggregations`` (``paper`` once per ``--zetas`` value),
 ``paper`` and ``max`` from the stored alpha/beta, ``mean`` and ``topk:K`` from the
 stored cosines (a run labeled with ``--no-store-cosines`` skips them, saying so). With
 ground truth each recipe gets the macro mAP of aggregate and final, and the best one is
-named; without, the labels per image at 0.5 and the classes never reaching it. Prompt
+named, with the F1 of the labels at 0.5; without, the labels per image at 0.5 and the
+classes never reaching it. Prompt
 templates and snippet specs change what CLIP computes: they need a new ``cdul label``
 run (compare runs with ``cdul label-report``). The rows go to
 ``pseudo_labels/recipe_sweep.json`` and ``.csv`` unless ``--no-store``.
@@ -17,13 +18,22 @@ import argparse
 import csv
 import io
 import itertools
-import math
 from collections.abc import Sequence
+
+import torch
 
 from cdul.core.errors import ConfigError
 from cdul.core.evaluation import evaluate
+from cdul.core.method.aggregation import DEFAULT_ZETA
 from cdul.core.method.recipes import DEBIAS, PAPER, LabelRecipe
-from cdul.core.pseudo_labels import PREFIX, PseudoLabels, read_pseudo_labels, relabel
+from cdul.core.pseudo_labels import (
+    PREFIX,
+    LabelReading,
+    PseudoLabels,
+    over_threshold,
+    read_pseudo_labels,
+    relabel,
+)
 from cdul.core.storage import open_store
 
 DEFAULT_AGGREGATIONS = (PAPER, "max", "mean", "topk:2", "topk:3")
@@ -32,6 +42,8 @@ DEFAULT_GLOBAL_WEIGHTS = (0.5, 0.25, 0.0)
 SWEEP_JSON = f"{PREFIX}/recipe_sweep.json"
 SWEEP_CSV = f"{PREFIX}/recipe_sweep.csv"
 KEYS = ("aggregation", "zeta", "global_weight", "debias")
+#: Where a score is a label: the threshold every label command defaults to.
+LABEL_THRESHOLD = LabelReading().threshold
 
 
 def recipes(
@@ -41,9 +53,9 @@ def recipes(
     debias: Sequence[str],
 ) -> list[LabelRecipe]:
     """The grid, ``paper`` once per zeta (the others do not read zeta)."""
-    rules = [(a, z) for a in aggregations for z in (zetas if a == PAPER else [math.nan])]
+    rules = [(a, z) for a in aggregations for z in (zetas if a == PAPER else [DEFAULT_ZETA])]
     return [
-        LabelRecipe(rule, 0.5 if math.isnan(zeta) else zeta, weight, mode)
+        LabelRecipe(rule, zeta, weight, mode)
         for (rule, zeta), weight, mode in itertools.product(rules, global_weights, debias)
     ]
 
@@ -60,10 +72,14 @@ def sweep(labels: PseudoLabels, grid: Sequence[LabelRecipe]) -> tuple[list[dict]
         row: dict[str, object] = dict(recipe.to_json())
         if recipe.aggregation != PAPER:
             row["zeta"] = ""
+        over = torch.from_numpy(over_threshold(vectors["final"], LABEL_THRESHOLD))
         if truth is not None:
             for name in ("aggregate", "final"):
                 row[f"{name}_mAP"] = evaluate(vectors[name], truth, labels.classes).mean_ap
-        over = vectors["final"] >= 0.5
+            # F1 over (image, class) pairs: mAP ranks within a class, so it cannot see a
+            # per-class rescaling such as debiasing; the labels at the threshold can.
+            hits = int((over & truth.bool()).sum())
+            row["final_F1"] = 2 * hits / max(1, int(over.sum()) + int(truth.sum()))
         row["labels_per_image"] = float(over.sum(dim=1).float().mean()) if len(labels) else 0.0
         row["classes_never_labeled"] = int((~over.any(dim=0)).sum()) if len(labels) else 0
         rows.append(row)

@@ -345,14 +345,13 @@ class LocalTorchServe:
 
     def _model_ready(self, name: str) -> bool:
         """True once the management API describes ``name`` with a READY worker."""
-        if self.token_auth:
-            try:
-                self.keys()
-            except (OSError, ValueError, KeyError, TypeError):
-                # Not there yet, or caught while the JVM writes it (not atomically: an
-                # empty file was read once, failing a whole test module's start-up).
-                return False
-        ready, _ = ready_workers(self.management_url, name, self.auth_headers("management"))
+        try:
+            headers = self.auth_headers("management")
+        except (OSError, ValueError, KeyError, TypeError):
+            # The key file is not there yet, or caught while the JVM writes it (not
+            # atomically: an empty file was read once, failing a test module's start-up).
+            return False
+        ready, _ = ready_workers(self.management_url, name, headers)
         return ready > 0
 
 

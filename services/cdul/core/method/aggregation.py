@@ -22,13 +22,9 @@ import torch
 DEFAULT_ZETA = 0.5
 
 
-def alpha_beta(
-    snippet_scores: torch.Tensor, valid: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 5: max and min over snippets of ``(N, S, C)`` scores -> two ``(N, C)`` tensors.
-
-    ``valid`` is an optional ``(N, S)`` boolean mask; padded snippets are ignored.
-    """
+def check_snippets(snippet_scores: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    """ValueError unless ``(N, S, C)`` scores with S >= 1 and, with a ``(N, S)`` mask,
+    at least one real snippet per image (every aggregation's precondition)."""
     if snippet_scores.dim() != 3:
         raise ValueError(
             f"snippet scores must have shape (images, snippets, classes); got "
@@ -37,7 +33,7 @@ def alpha_beta(
     if snippet_scores.shape[1] == 0:
         raise ValueError("cannot aggregate zero snippets per image")
     if valid is None:
-        return snippet_scores.amax(dim=1), snippet_scores.amin(dim=1)
+        return
     if valid.shape != snippet_scores.shape[:2]:
         raise ValueError(
             f"valid mask has shape {tuple(valid.shape)}, expected {tuple(snippet_scores.shape[:2])}"
@@ -45,6 +41,18 @@ def alpha_beta(
     if not bool(valid.any(dim=1).all()):
         empty = (~valid.any(dim=1)).nonzero().flatten().tolist()
         raise ValueError(f"images {empty} have no valid snippet to aggregate")
+
+
+def alpha_beta(
+    snippet_scores: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5: max and min over snippets of ``(N, S, C)`` scores -> two ``(N, C)`` tensors.
+
+    ``valid`` is an optional ``(N, S)`` boolean mask; padded snippets are ignored.
+    """
+    check_snippets(snippet_scores, valid)
+    if valid is None:
+        return snippet_scores.amax(dim=1), snippet_scores.amin(dim=1)
     mask = valid.unsqueeze(-1)
     alpha = snippet_scores.masked_fill(~mask, float("-inf")).amax(dim=1)
     beta = snippet_scores.masked_fill(~mask, float("inf")).amin(dim=1)

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from cdul.core.errors import ConfigError
-from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta
+from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, check_snippets
 
 PAPER = "paper"
 DEBIAS = ("none", "class-mean")
@@ -70,13 +70,13 @@ def aggregate_max(snippets: torch.Tensor, valid: torch.Tensor | None, _: float) 
 
 
 def aggregate_mean(snippets: torch.Tensor, valid: torch.Tensor | None, _: float) -> torch.Tensor:
-    alpha_beta(snippets, valid)  # the same shape and mask checks
+    check_snippets(snippets, valid)
     return _masked(snippets, valid, 0.0).sum(dim=1) / _counts(snippets, valid)
 
 
 def aggregate_topk(k: int) -> Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]:
     def topk(snippets: torch.Tensor, valid: torch.Tensor | None, _: float) -> torch.Tensor:
-        alpha_beta(snippets, valid)
+        check_snippets(snippets, valid)
         # Padding sorts last (-inf), and an image with fewer than k real snippets
         # averages all of them: divide by min(k, its count).
         ranked = _masked(snippets, valid, float("-inf")).sort(dim=1, descending=True).values
