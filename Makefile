@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The world's trained models are cached here (once per checkout; see services/cdul/world/cache.py).
 export CDUL_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install test test-containers lint unit demo clean proto world-models
+.PHONY: install test test-repeat test-containers lint unit demo clean proto world-models
 
 # The venv is rebuilt when the pins change.
 $(STAMP): pyproject.toml
@@ -31,16 +31,35 @@ lint: $(STAMP)
 world-models: $(STAMP)
 	$(VENV)/bin/cdul world models
 
+# --durations: the 25 slowest tests at the end of every run (and every CI log).
 test: $(STAMP) world-models
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not containers"
+	$(PY) -m pytest -m "not containers" --durations=25
+
+# Finds the test that passes on one machine, one random input or one thread count only
+# (an exact comparison of two computations that round apart elsewhere) before CI does:
+# the fast tests (not marked slow) once per seed in REPEAT_SEEDS, under 1 and 2 threads
+# and under each of torch's CPU kernel sets (ATEN_CPU_CAPABILITY: the scalar 'default',
+# 'avx2' as on CI's AMD machines, 'avx512' where the CPU has it; a set the CPU lacks
+# falls back to the best it has). One test, many seeds:
+#   make test-repeat REPEAT_SEEDS=0-199 REPEAT_TESTS=tests/x.py::test_y
+REPEAT_SEEDS ?= 0-9
+REPEAT_CAPABILITIES ?= default avx2 avx512
+REPEAT_TESTS ?= tests/unit tests/trainer tests/labeler tests/world tests/clip_service tests/serving
+test-repeat: $(STAMP) world-models
+	set -e; for capability in $(REPEAT_CAPABILITIES); do for threads in 1 2; do \
+	  echo "== ATEN_CPU_CAPABILITY=$$capability, $$threads thread(s), seeds $(REPEAT_SEEDS)"; \
+	  ATEN_CPU_CAPABILITY=$$capability OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -rfE \
+	    -m "not slow and not containers" -p no:cacheprovider --seeds $(REPEAT_SEEDS) \
+	    --torch-threads $$threads $(REPEAT_TESTS); \
+	done; done
 
 # The whole chain in containers, each run with its pod's spec from the dev overlay (needs a
 # running Docker daemon; the tests skip, saying why, without one). Builds every image first
 # on the local base, with this machine's local pip indexes where it has any; CDUL_PYTHON_IMAGE
 # and CDUL_PACKAGES choose otherwise, see tests/containers/conftest.py).
 test-containers: $(STAMP) world-models
-	$(PY) -m pytest -m containers tests/containers
+	$(PY) -m pytest -m containers --durations=25 tests/containers
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

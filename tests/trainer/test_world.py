@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, cdul_command, run_cdul, subprocess_env, write_labels
+from support.world_labels import REPO, cdul_command, run_cdul, subprocess_env, write_labels
 
 from cdul.cli import main
 from cdul.core.classifier import build_classifier
@@ -100,7 +100,7 @@ def test_alignment_raises_pseudo_label_map_by_two_points(world_clip, world_backb
     """`make train-world`'s settings on its world (2,000 scenes, 128 px, F = 5 after a
     2-epoch warm-up, step 1): one update after epoch 2 lifts the labels' mAP by +0.025
     (0.686 -> 0.711, measured); 3 epochs reach that update."""
-    from conftest import compute_world_labels
+    from support.world_labels import compute_world_labels
 
     from cdul.world.generator import write_voc_world
 
