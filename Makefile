@@ -110,13 +110,13 @@ endef
 
 .PHONY: label-world table2 bench-recipes
 
-# Issue 14's table: label recipes side by side on two world seeds (val pseudo-label mAP,
+# The label recipes side by side on two world seeds (val pseudo-label mAP,
 # forwards/image, images/s), then the classifier trained on the paper's and the best two.
 bench-recipes: $(STAMP) world-models
 	$(PY) benchmarks/label_recipes.py --seeds 0,1 --train \
 	  --results benchmarks/results/label_recipes_world_cpu_fp32.csv
 
-# Issue 13's CPU proxy: the CLIP service's request side with the device's work as no-ops,
+# The CPU proxy of the CLIP service's request side: the device's work as no-ops,
 # one server process and as many as this machine has cores, side by side.
 .PHONY: bench-request-side
 bench-request-side: $(STAMP)

@@ -31,7 +31,7 @@ from cdul.clip_service.server import resolve_device
 from cdul.core.clip_models import create_clip
 from cdul.core.clip_scoring import ClipScorer
 from cdul.core.images import decode_image
-from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, parse_snippet_spec
 from cdul.world.generator import make_scene
 
 VOC_TRAIN_IMAGES = 5717
@@ -86,7 +86,7 @@ def measure(args, precision: str, preprocess: str, spec_text: str, images) -> di
         assert len(answers) == len(images) and not any(a.error for a in answers)
     finally:
         launch.stop(server, grace_s=10)
-    views = 1 + snippet_count(spec, 500, 375)
+    views = spec.forwards(spec.count(500, 375))
     service_ips = len(images) / service_s
     encoder_vps = bare_encoder_views_per_s(args, precision, preprocess, spec, images[0][1])
     return {

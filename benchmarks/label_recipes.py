@@ -1,4 +1,4 @@
-"""Label recipes side by side on the embedded world (issue 14's table).
+"""Label recipes side by side on the embedded world (the README's recipe table).
 
 For each world seed (the scenes; the world's tiny CLIP and backbone are those of
 ``--models-seed``, 0 by default: the cached ones, a new seed trains them first):
@@ -37,7 +37,7 @@ from cdul.clip_service import launch
 from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labeler.job import LabelConfig, label
-from cdul.labeler.sweep import recipes, sweep
+from cdul.labels.sweep import recipes, sweep
 from cdul.trainer.loop import METRICS_KEY
 
 # name -> (snippet spec, templates): what CLIP computes.

@@ -48,25 +48,26 @@ COMMANDS: dict[str, Command] = {
         "cdul.labeler.command", "pseudo-label a dataset via the CLIP service into a run (shardable)"
     ),
     "label-merge": Command(
-        "cdul.labeler.merge", "check and merge a sharded run's pseudo labels; evaluate them"
+        "cdul.labels.merge", "check and merge a sharded run's pseudo labels; evaluate them"
     ),
     "label-sweep": Command(
-        "cdul.labeler.sweep", "zeta sweep from a run's stored alpha/beta (no CLIP call)"
+        "cdul.labels.sweep", "zeta sweep from a run's stored alpha/beta (no CLIP call)"
     ),
     "label-report": Command(
-        "cdul.labeler.compare", "mAP of global/aggregate/final for several runs, side by side"
+        "cdul.labels.report", "mAP of global/aggregate/final for several runs, side by side"
     ),
     "serve-ready": Command(
         "cdul.serving.readiness", "exit 0 once a TorchServe model has a READY worker (probes)"
     ),
     "label-gallery": Command(
-        "cdul.labeler.gallery", "a static HTML gallery of a run's labels (thumbnails, per class)"
+        "cdul.labels.gallery.command",
+        "a static HTML gallery of a run's labels (thumbnails, per class)",
     ),
     "label-export": Command(
-        "cdul.labeler.export", "export a run's labels: CSV, JSON, Label Studio tasks, FiftyOne"
+        "cdul.labels.export", "export a run's labels: CSV, JSON, Label Studio tasks, FiftyOne"
     ),
     "label-import": Command(
-        "cdul.labeler.review", "reviewed labels (Label Studio export, CSV) into a run for training"
+        "cdul.labels.import_", "reviewed labels (Label Studio export, CSV) into a run for training"
     ),
     "train": Command(
         "cdul.trainer.command", "train the classifier on pseudo labels (Eq. 8), export a .mar"

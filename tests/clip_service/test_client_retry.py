@@ -17,7 +17,14 @@ import pytest
 
 from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
-from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
+from cdul.clip_service.client import (
+    _END,
+    SimilarityClient,
+    SimilarityServiceError,
+    _Attempt,
+    _Work,
+    label_set_ref,
+)
 from cdul.core.retry import RetryPolicy
 
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02)
@@ -120,3 +127,30 @@ def test_images_arriving_after_a_dropped_stream_are_all_answered(serve):
             dropped.set()
     assert sorted(answers) == [f"img{i}" for i in range(6)]
     assert servicer.streams == 2
+
+
+def request(image_id: str) -> pb.SnippetRequest:
+    return pb.SnippetRequest(image=pb.Image(id=image_id))
+
+
+def test_a_closed_attempt_takes_nothing_so_no_image_is_lost():
+    """The race behind the test above, made deterministic. A failed stream's sending
+    thread is still waiting for work when the stream is closed; the next images and the
+    end of the work arrive after that. It once took an image then and gave it back
+    behind the end of the work, where no stream took it again (1 run in ~10 under load).
+    Now a closed attempt takes nothing: every image is there, in order, for the next."""
+    work = _Work(maxsize=8)
+    dropped = _Attempt([], exhausted=False, slots=4, work=work)
+    taken: list[pb.SnippetRequest] = []
+    sender = threading.Thread(target=lambda: taken.extend(dropped.requests()))
+    sender.start()
+    time.sleep(0.2)  # gRPC's sending thread, waiting in take() (or not yet: same outcome)
+    assert dropped.close() == ([], False)
+    sender.join(5)
+    assert not sender.is_alive() and taken == []
+    for item in (request("img1"), request("img2"), _END):
+        work.put(item)
+    assert not dropped.claim(request("late"))  # closed: records nothing
+    reopened = _Attempt([], exhausted=False, slots=4, work=work)
+    assert [r.image.id for r in reopened.requests()] == ["img1", "img2"]
+    assert reopened.exhausted and set(reopened.in_flight) == {"img1", "img2"}

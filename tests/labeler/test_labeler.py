@@ -2,9 +2,11 @@
 the embedded world; stored vectors checked against open_clip computed here."""
 
 import io
+import json
 import random
 import shutil
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 import pytest
@@ -22,6 +24,7 @@ from cdul.core.pseudo_labels import (
 )
 from cdul.core.storage import open_store
 from cdul.labeler.job import label
+from cdul.labels.export import ExportConfig, export
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +173,21 @@ def test_images_under_an_s3_prefix(make_config, s3_env, world_root, tmp_path):
     )
     assert labels.ids == [f"batch/{p.name}" for p in names] and evaluation is None
     assert labels.ground_truth is None and labels.manifest.dataset == f"{s3_env}-images"
+
+
+def test_export_a_real_labeled_run(make_config, world_root, tmp_path):
+    uri = f"file://{tmp_path}/run"
+    label(make_config(uri, limit=6))
+    out = tmp_path / "tasks.json"
+    export(ExportConfig(run=uri, output=str(out), format="label-studio",
+                        image_root=str(world_root), threshold=0.2))  # fmt: skip
+    tasks = json.loads(out.read_text())
+    assert len(tasks) == 6
+    for task in tasks:
+        relative = unquote(task["data"]["image"].removeprefix("/data/local-files/?d="))
+        assert relative == f"JPEGImages/{task['data']['cdul_id']}.jpg"
+        assert (world_root / relative).is_file()
+    assert any(task["predictions"][0]["result"] for task in tasks)
+    export(ExportConfig(run=uri, output=str(tmp_path / "fo.json"), format="fiftyone"))
+    paths = json.loads((tmp_path / "fo.json").read_text())["labels"]
+    assert len(paths) == 6 and all(Path(p).is_file() for p in paths)

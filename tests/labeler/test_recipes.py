@@ -13,9 +13,10 @@ from PIL import Image
 from cdul import cli
 from cdul.core.clip_models import register_project_configs
 from cdul.core.method.recipes import LabelRecipe
-from cdul.core.pseudo_labels import MANIFEST, read_pseudo_labels, relabel
+from cdul.core.pseudo_labels import MANIFEST, read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labeler.job import label
+from cdul.labels.reading import relabel
 
 pytestmark = pytest.mark.slow
 

@@ -9,18 +9,18 @@ import torch
 from cdul.core.clip_dense import attention_pool, check_dense, dense_embeddings, feature_map
 from cdul.core.clip_models import create_clip
 from cdul.core.errors import ConfigError
-from cdul.core.method.snippets import DenseSpec, parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import DenseSpec, parse_snippet_spec
 
 
 def test_dense_specs_parse_and_count():
     assert parse_snippet_spec("dense") == DenseSpec()
     assert parse_snippet_spec("Dense:448") == DenseSpec(448) and str(DenseSpec(448)) == "dense:448"
-    assert snippet_count(DenseSpec(448), 500, 375) == 196  # 14 x 14 cells
+    assert DenseSpec(448).count(500, 375) == 196  # 14 x 14 cells
     assert DenseSpec().at(224) == DenseSpec(224) and DenseSpec(64).at(224) == DenseSpec(64)
     with pytest.raises(ConfigError, match="multiple of 32"):
         parse_snippet_spec("dense:100")
     with pytest.raises(ConfigError, match="give dense:SIZE"):
-        snippet_count(DenseSpec(), 500, 375)
+        DenseSpec().count(500, 375)
 
 
 def test_dense_boxes_are_the_cells_mapped_back_through_resize_and_crop():

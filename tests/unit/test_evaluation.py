@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cdul.core.evaluation import best_f1_threshold, evaluate, format_table
-from cdul.labeler.report import to_csv
+from cdul.labels.evaluation import to_csv
 
 SCORES = torch.tensor(
     [[0.9, 0.2, 0.5], [0.8, 0.7, 0.4], [0.3, 0.6, 0.3], [0.1, 0.4, 0.2]]

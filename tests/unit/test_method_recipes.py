@@ -5,7 +5,15 @@ import torch
 
 from cdul.core.errors import ConfigError
 from cdul.core.method.aggregation import initial_pseudo_labels
-from cdul.core.method.recipes import LabelRecipe, class_bias, debias, mix
+from cdul.core.method.recipes import (
+    AGGREGATION_FORMS,
+    AGGREGATIONS,
+    LabelRecipe,
+    aggregation,
+    class_bias,
+    debias,
+    mix,
+)
 
 # One image, three snippets, two classes (the same numbers as Eq. 5-7's tests).
 SNIPPETS = torch.tensor([[[0.75, 0.25], [0.125, 0.875], [0.5, 0.5]]])
@@ -114,3 +122,30 @@ def test_recipe_names_itself():
     assert str(LabelRecipe("topk:3", global_weight=0.25, debias="class-mean")) == (
         "topk:3 w=0.25 debias=class-mean"
     )
+
+
+def test_the_registry_spells_and_parses_every_rule():
+    assert AGGREGATION_FORMS == "paper (Eq. 5-6), max, mean or topk:K"
+    assert aggregation("topk:3")[0] is AGGREGATIONS["topk"]
+    for name in ("topk", "max:2", "paper:1", "topk:x", "Max"):
+        with pytest.raises(ConfigError, match=f"unknown aggregation '{name}'.* or topk:K"):
+            aggregation(name)
+    # Which rules alpha and beta are enough for, as the registry says.
+    assert [LabelRecipe(a).needs_snippets for a in ("paper", "max", "mean", "topk:2")] == [
+        False, False, True, True
+    ]  # fmt: skip
+
+
+def test_apply_reads_alpha_beta_when_enough_and_snippets_otherwise():
+    alpha, beta = torch.tensor([[0.75, 0.875]]), torch.tensor([[0.125, 0.25]])
+    # paper at zeta 0.8: alpha of class 1 only (0.875 >= 0.8), beta of class 0.
+    out = LabelRecipe(zeta=0.8).apply(GLOBAL, alpha, beta)
+    assert torch.equal(out["aggregate"], torch.tensor([[0.125, 0.875]]))
+    assert torch.equal(out["final"], torch.tensor([[0.375, 0.625]]))
+    # Given both, a rule that alpha/beta serve reads them (here: other numbers than the
+    # snippets' alpha/beta, to see which were read).
+    assert torch.equal(LabelRecipe("max").apply(GLOBAL, beta, alpha, SNIPPETS)["aggregate"], beta)
+    mean = LabelRecipe("mean").apply(GLOBAL, alpha, beta, SNIPPETS)
+    assert torch.equal(mean["aggregate"], torch.tensor([[1.375 / 3, 1.625 / 3]]))
+    with pytest.raises(ConfigError, match="needs every snippet's scores"):
+        LabelRecipe("mean").apply(GLOBAL, alpha, beta)

@@ -5,11 +5,13 @@ from PIL import Image
 
 from cdul.core.errors import ConfigError
 from cdul.core.method.snippets import (
+    SNIPPET_FORMS,
+    SNIPPET_SPECS,
+    DenseSpec,
     GridSpec,
     PatchSpec,
     crop_snippets,
     parse_snippet_spec,
-    snippet_count,
 )
 
 
@@ -67,7 +69,7 @@ def test_patch_boxes_by_hand():
 def test_count_matches_boxes():
     for spec in (GridSpec(3, 3), GridSpec(2, 5), PatchSpec(16, 16), PatchSpec(32, 8)):
         for size in ((64, 64), (100, 37), (333, 500)):
-            assert snippet_count(spec, *size) == len(spec.boxes(*size))
+            assert spec.count(*size) == len(spec.boxes(*size))
 
 
 def test_single_snippet_specs():
@@ -79,11 +81,11 @@ def test_image_too_small_errors():
     with pytest.raises(ConfigError, match="larger than the 10x10 image"):
         PatchSpec(16, 16).boxes(10, 10)
     with pytest.raises(ConfigError, match="larger than the 10x10 image"):
-        snippet_count(PatchSpec(16, 16), 10, 10)
+        PatchSpec(16, 16).count(10, 10)
     with pytest.raises(ConfigError, match="at least 3x3 pixels"):
         GridSpec(3, 3).boxes(2, 2)
     with pytest.raises(ConfigError, match="at least 3x3 pixels"):
-        snippet_count(GridSpec(3, 3), 2, 5)
+        GridSpec(3, 3).count(2, 5)
 
 
 def test_crop_snippets_gives_the_pixels_of_each_box():
@@ -94,3 +96,15 @@ def test_crop_snippets_gives_the_pixels_of_each_box():
     tiles = crop_snippets(image, GridSpec(1, 2))
     assert [t.size for t in tiles] == [(2, 2), (2, 2)]
     assert tiles[1].getpixel((0, 1)) == (20, 10, 0)
+
+
+def test_every_registered_kind_parses_its_own_name_and_says_its_cost():
+    assert list(SNIPPET_SPECS) == ["grid", "patch", "dense"]
+    for text in ("grid:3x3", "patch:32/16", "patch:16", "dense:448"):
+        spec = parse_snippet_spec(text)
+        assert str(spec) == text and SNIPPET_SPECS[spec.kind] is type(spec)
+        assert spec.form in SNIPPET_FORMS
+    # Crops cost a forward each besides the global view; dense one forward in all.
+    assert GridSpec(3, 3).forwards(9) == 10 and PatchSpec(16, 16).forwards(4) == 5
+    assert DenseSpec(448).forwards(196) == 1 and not DenseSpec.cut_from_image
+    assert DenseSpec().at(224) == DenseSpec(224) and GridSpec(3, 3).at(224) == GridSpec(3, 3)

@@ -185,9 +185,7 @@ class SimilarityClient:
         ``include_cosines`` each answer also carries every snippet's cosines.
         """
         stream_count = len(self._stubs) * self.streams_per_endpoint
-        work: queue.Queue[pb.SnippetRequest | _End] = queue.Queue(
-            maxsize=max_in_flight * stream_count
-        )
+        work = _Work(maxsize=max_in_flight * stream_count)
         answers: queue.Queue[pb.SnippetResponse | Exception | _End] = queue.Queue()
 
         def feed() -> None:
@@ -227,6 +225,50 @@ class _End:
 _END = _End()
 
 
+class _Work:
+    """The requests of one :meth:`SimilarityClient.score_stream` call, shared by its
+    streams: a bounded FIFO the feeder fills. An attempt takes the next item and records
+    it as sent in one step (:meth:`take`, under this queue's lock), and a closed attempt
+    takes nothing, so no item is ever held by a stream that failed: each is answered,
+    or resent by the attempt after it, or still here for another stream.
+
+    (Taking an item first and giving it back when the attempt turned out to be closed
+    lost images: given back behind the end of the work, nobody took them again.)"""
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[pb.SnippetRequest | _End] = collections.deque()
+        self._maxsize = maxsize
+        self._changed = threading.Condition()
+
+    def put(self, item: pb.SnippetRequest | _End) -> None:
+        """Append ``item``, waiting while the queue is full (the feeder's back-pressure)."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self._items) < self._maxsize)
+            self._items.append(item)
+            self._changed.notify_all()
+
+    def take(self, attempt: _Attempt) -> pb.SnippetRequest | _End | None:
+        """The next item, claimed by ``attempt`` (see :meth:`_Attempt.claim`); None once
+        the attempt is closed (it took nothing then)."""
+        with self._changed:
+            while True:
+                if attempt.closed:
+                    return None
+                if self._items:
+                    item = self._items[0]
+                    if not attempt.claim(item):  # closed since the check above
+                        return None
+                    self._items.popleft()
+                    self._changed.notify_all()
+                    return item
+                self._changed.wait()
+
+    def wake(self) -> None:
+        """Wake every waiting taker, so a closed attempt's sender sees it is closed."""
+        with self._changed:
+            self._changed.notify_all()
+
+
 @dataclass
 class _StreamDriver:
     """One of :meth:`SimilarityClient.score_stream`'s streams: takes requests from the
@@ -237,7 +279,7 @@ class _StreamDriver:
 
     stub: pb_grpc.SimilarityStub
     endpoint: str
-    work: queue.Queue[pb.SnippetRequest | _End]
+    work: _Work
     answers: queue.Queue[pb.SnippetResponse | Exception | _End]
     max_in_flight: int
     retry: RetryPolicy
@@ -259,10 +301,10 @@ class _StreamDriver:
         resend: list[pb.SnippetRequest] = []
         exhausted = False
         while True:
-            attempt = _Attempt(resend, exhausted, self.max_in_flight)
+            attempt = _Attempt(resend, exhausted, self.max_in_flight, self.work)
             answered = False
             try:
-                for response in self.stub.ScoreStream(attempt.requests(self.work), timeout=None):
+                for response in self.stub.ScoreStream(attempt.requests(), timeout=None):
                     if not answered:
                         answered, backoffs = True, self.retry.backoffs()
                     attempt.record_answer(response)
@@ -288,12 +330,13 @@ class _Attempt:
     its answers arrive on the driver's: ``lock`` guards the attempt's state between them.
 
     gRPC's sending thread can outlive the stream: still waiting for work when the stream
-    fails, it takes the next item later. :meth:`close` marks the attempt over, so such an
-    item goes back to the shared work (for the next attempt or another stream) instead of
-    being lost (an image) or swallowed (the end of the work), and the requests still to
-    resend go to the next attempt with the unanswered ones."""
+    fails, it would take the next item later. :meth:`close` marks the attempt over and
+    wakes that thread, which then takes nothing (:meth:`_Work.take`), and the requests
+    still to resend go to the next attempt with the unanswered ones."""
 
-    def __init__(self, resend: list[pb.SnippetRequest], exhausted: bool, slots: int) -> None:
+    def __init__(
+        self, resend: list[pb.SnippetRequest], exhausted: bool, slots: int, work: _Work
+    ) -> None:
         self.pending = collections.deque(resend)  # to send first
         self.exhausted = exhausted  # the shared work has ended for this stream
         self.slots = threading.Semaphore(slots)  # one per request in flight
@@ -301,8 +344,9 @@ class _Attempt:
         self.in_flight: dict[str, list[pb.SnippetRequest]] = {}
         self.closed = False
         self.lock = threading.Lock()
+        self.work = work
 
-    def requests(self, work: queue.Queue[pb.SnippetRequest | _End]) -> Iterator[pb.SnippetRequest]:
+    def requests(self) -> Iterator[pb.SnippetRequest]:
         """Resent requests first, then new work, one free slot each."""
         while True:
             self.slots.acquire()
@@ -313,20 +357,23 @@ class _Attempt:
                 if request is not None:
                     self._send(request)
             if request is None:
-                taken = work.get()
-                with self.lock:
-                    late = self.closed
-                    if not late and isinstance(taken, _End):
-                        self.exhausted = True
-                    elif not late:
-                        self._send(taken)
-                if late:
-                    work.put(taken)
-                    return
-                if isinstance(taken, _End):
+                taken = self.work.take(self)
+                if taken is None or isinstance(taken, _End):
                     return
                 request = taken
             yield request
+
+    def claim(self, item: pb.SnippetRequest | _End) -> bool:
+        """Record ``item``, taken from the shared work, as sent (the end of the work: this
+        stream is exhausted); False, recording nothing, when the attempt is closed."""
+        with self.lock:
+            if self.closed:
+                return False
+            if isinstance(item, _End):
+                self.exhausted = True
+            else:
+                self._send(item)
+            return True
 
     def _send(self, request: pb.SnippetRequest) -> None:
         self.in_flight.setdefault(request.image.id, []).append(request)
@@ -342,7 +389,7 @@ class _Attempt:
     def close(self) -> tuple[list[pb.SnippetRequest], bool]:
         """End the attempt: the requests sent and not answered, then those not resent
         yet, and whether the work has ended. Wakes a sending thread that waits for a
-        slot, so it sees the attempt is over."""
+        slot or for work, so it sees the attempt is over."""
         with self.lock:
             self.closed = True
             unanswered = [r for rs in self.in_flight.values() for r in rs]
@@ -350,4 +397,5 @@ class _Attempt:
             self.pending.clear()
             exhausted = self.exhausted
         self.slots.release(self._slot_count)
+        self.work.wake()
         return unanswered, exhausted

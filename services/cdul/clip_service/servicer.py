@@ -37,13 +37,7 @@ from cdul.core.errors import CdulError, ConfigError
 from cdul.core.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from cdul.core.label_set import DEFAULT_TEMPLATE, LabelSet
 from cdul.core.method.aggregation import aggregate
-from cdul.core.method.snippets import (
-    DEFAULT_SNIPPET_SPEC,
-    DenseSpec,
-    SnippetSpec,
-    parse_snippet_spec,
-    snippet_count,
-)
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, SnippetSpec, parse_snippet_spec
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +166,9 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             views = [self.scorer.view_pixels(image, spec) for image in images]
             return views[0] if len(views) == 1 else torch.cat(views)
 
-        # A dense view answers every cell: its own encoder; others use the batcher's.
-        encode = self.scorer.encode_dense if isinstance(spec, DenseSpec) else None
+        # A view that is not a crop (dense) answers every snippet: the scorer's encoder for
+        # it; crops use the batcher's.
+        encode = self.scorer.encoder(spec)
         try:
             if self.preprocess_in_batcher:
                 return self.batcher.submit(pixels, views=views, encode=encode)
@@ -197,7 +192,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             raise _invalid(f"zeta must lie in [0, 1], got {request.zeta}")
         image = self._decode(request.image)
         try:
-            count = snippet_count(spec, *image.size)
+            count = spec.count(*image.size)
         except ConfigError as error:
             raise _invalid(f"image {request.image.id!r}: {error}") from None
         if count > self.limits.max_snippets:
@@ -205,7 +200,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
                 f"{spec} cuts {count} snippets from the {image.width}x{image.height} image "
                 f"{request.image.id!r}, over the limit of {self.limits.max_snippets} per request"
             )
-        embeddings = self._submit([image], spec, 1 if isinstance(spec, DenseSpec) else 1 + count)
+        embeddings = self._submit([image], spec, spec.forwards(count))
         self.metrics.images.inc()
         self.metrics.snippets.inc(count)
         boxes = spec.boxes(*image.size) if request.include_snippets else []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cdul.core.errors import ConfigError
-from cdul.core.method.snippets import DenseSpec, parse_snippet_spec, snippet_count
+from cdul.core.method.snippets import parse_snippet_spec
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = parse_snippet_spec(args.spec)
     width, height = _parse_size(args.size)
-    count = snippet_count(spec, width, height)
-    forwards = 1 if isinstance(spec, DenseSpec) else count + 1  # dense: one pass, every cell
+    count = spec.count(width, height)
+    forwards = spec.forwards(count)
     print(f"{spec} on a {width}x{height} image: {count} snippets, {forwards} CLIP forward passes")
     if args.boxes:
         for box in spec.boxes(width, height):

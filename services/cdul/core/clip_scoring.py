@@ -24,9 +24,10 @@ from cdul.core.clip_models import Clip
 from cdul.core.clip_preprocess import PREPROCESSORS, TensorPreprocess, pil_views
 from cdul.core.errors import ConfigError
 from cdul.core.label_set import LabelSet
-from cdul.core.method.aggregation import DEFAULT_ZETA, aggregate, alpha_beta, pseudo_label
+from cdul.core.method.aggregation import DEFAULT_ZETA, alpha_beta
+from cdul.core.method.recipes import LabelRecipe
 from cdul.core.method.similarity import class_scores, cosine_similarity
-from cdul.core.method.snippets import DenseSpec, SnippetSpec
+from cdul.core.method.snippets import SnippetSpec
 
 # The named prompt ensembles of :data:`cdul.core.label_set.TEMPLATE_SETS`: open_clip's.
 TEMPLATE_SOURCES = {
@@ -130,17 +131,22 @@ class ClipScorer:
         return torch.stack([self.clip.preprocess(image) for image in images])
 
     def resolve(self, spec: SnippetSpec) -> SnippetSpec:
-        """``spec`` with ``dense``'s size filled in, checked against this model."""
-        if isinstance(spec, DenseSpec):
+        """``spec`` for this model (``dense``'s size filled in); snippets that are not
+        crops come from the dense encoder, which this model must have."""
+        if not spec.cut_from_image:
             check_dense(self.clip.model.visual, self.clip.name)
-            return spec.at(self.clip.image_size)
-        return spec
+        return spec.at(self.clip.image_size)
+
+    def encoder(self, spec: SnippetSpec | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The encoder of ``spec``'s views when it is not :meth:`encode` (dense: one
+        forward answers every snippet), else None."""
+        return None if spec is None or spec.cut_from_image else self.encode_dense
 
     def view_pixels(self, image: Image.Image, spec: SnippetSpec | None) -> torch.Tensor:
         """CLIP input for the whole image and, with a spec, each of its snippets (one
-        view in all for a dense spec: the whole image at its size)."""
-        if isinstance(spec, DenseSpec):
-            return self._dense_view(image, self.resolve(spec).size or self.clip.image_size)
+        view in all for snippets that are not crops: the whole image at its size)."""
+        if spec is not None and not spec.cut_from_image:
+            return self._dense_view(image, self.resolve(spec).view_size or self.clip.image_size)
         boxes = spec.boxes(*image.size) if spec is not None else []
         if self._tensor_preprocess is not None:
             return self._tensor_preprocess(image, boxes)
@@ -203,9 +209,9 @@ class ClipScorer:
         """Eq. 1-7 for ``images``: global and snippet passes, aggregation, final label."""
         text = self.text_embeddings(labels)
         pixels = [self.view_pixels(image, spec) for image in images]
-        if isinstance(spec, DenseSpec):
-            embeddings = torch.cat([self.encode_dense(chunk) for chunk in
-                                    torch.cat(pixels).split(batch_size)])  # fmt: skip
+        encode = self.encoder(spec)
+        if encode is not None:  # one view per image answers every snippet
+            embeddings = torch.cat([encode(chunk) for chunk in torch.cat(pixels).split(batch_size)])
             chunks = list(embeddings.unbind())
         else:
             embeddings = self.encode(torch.cat(pixels), batch_size)
@@ -214,13 +220,13 @@ class ClipScorer:
         glob = torch.stack([r.global_scores for r in per_image])
         alpha = torch.stack([r.alpha for r in per_image])
         beta = torch.stack([r.beta for r in per_image])
-        agg = aggregate(alpha, beta, zeta)
+        pseudo = LabelRecipe(zeta=zeta).apply(glob, alpha, beta)  # the paper's Eq. 6-7
         return ImageScores(
             global_cosine=torch.stack([r.global_cosine for r in per_image]),
             global_scores=glob,
             snippet_cosine=[r.snippet_cosine for r in per_image],
             alpha=alpha,
             beta=beta,
-            aggregate=agg,
-            final=pseudo_label(glob, agg),
+            aggregate=pseudo["aggregate"],
+            final=pseudo["final"],
         )

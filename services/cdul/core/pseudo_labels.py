@@ -22,15 +22,15 @@ rule for any zeta and plain max. A shard's manifest is written only after its ta
 merged manifest only after every shard manifest is checked, so a manifest is the mark
 that what it names is complete (each object write is itself atomic).
 
-:func:`merge_shards` is the one way to make the merged manifest: it refuses a missing,
-unfinished or inconsistent shard (:class:`ShardMergeError`) before writing anything.
+This module is the artefact alone: its layout, schema and I/O. Making the merged
+manifest (:mod:`cdul.labels.merge`) and reading scores as labels
+(:mod:`cdul.labels.reading`) are the tools that read runs.
 """
 
 from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +42,6 @@ import torch
 from cdul.core.errors import ConfigError, StorageError
 from cdul.core.method.recipes import LabelRecipe, debias
 from cdul.core.method.similarity import class_scores
-from cdul.core.settings import differences, setting
 from cdul.core.storage import ObjectStore
 
 PREFIX = "pseudo_labels"
@@ -50,6 +49,9 @@ MANIFEST = f"{PREFIX}/manifest.json"
 EVALUATION_JSON = f"{PREFIX}/evaluation.json"
 EVALUATION_CSV = f"{PREFIX}/evaluation.csv"
 VECTORS = ("global", "alpha", "beta", "aggregate", "final")
+#: The stored vectors that are labels (alpha and beta are inputs of aggregate): global
+#: (Eq. 2), aggregate (Eq. 6), final (Eq. 7, what the classifier learns from).
+LABEL_VECTORS = ("global", "aggregate", "final")
 FORMAT_VERSION = 1
 # Settings that every shard of one run must share; merge refuses a shard that differs.
 SHARED_SETTINGS = (
@@ -59,10 +61,6 @@ SHARED_SETTINGS = (
 #: The optional cosine columns (Eq. 1 and 3) a recipe sweep reads.
 COSINES = ("global_cosine", "snippet_cosine")
 _SHARD_KEY = re.compile(rf"^{PREFIX}/shards/shard-(\d{{5}})-of-(\d{{5}})\.(json|parquet)$")
-
-
-class ShardMergeError(StorageError):
-    """Shards cannot be merged: one is missing, unfinished or made with other settings."""
 
 
 def shard_name(index: int, count: int) -> str:
@@ -202,14 +200,19 @@ def to_table(
     return pa.table(columns)
 
 
+def write_table(store: ObjectStore, key: str, table: pa.Table) -> None:
+    """One Parquet object (zstd), written atomically: shards and the labeler's parts."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    store.write_bytes(key, buffer.getvalue())
+
+
 def write_shard(store: ObjectStore, manifest: LabelManifest, table: pa.Table) -> None:
     """Write one shard: the table first, then its manifest (the completion mark)."""
     index = manifest.shard_index
     if index is None:
         raise ConfigError("a shard manifest needs shard_index")
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    store.write_bytes(shard_key(index, manifest.num_shards, "parquet"), buffer.getvalue())
+    write_table(store, shard_key(index, manifest.num_shards, "parquet"), table)
     manifest.images = table.num_rows
     manifest.shards = [shard_name(index, manifest.num_shards)]
     store.write_json(shard_key(index, manifest.num_shards, "json"), manifest.to_json())
@@ -278,50 +281,6 @@ def read_pseudo_labels(store: ObjectStore, cosines: bool = False) -> PseudoLabel
     return labels
 
 
-#: The stored vectors that are labels (alpha and beta are inputs of aggregate): final
-#: (Eq. 7, what the classifier learns from), aggregate (Eq. 6), global (Eq. 2).
-LABEL_VECTORS = ("final", "aggregate", "global")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LabelReading:
-    """Which stored vector is read as labels, and at which threshold: the settings every
-    command that turns scores into labels shares (export, review import, gallery, report)."""
-
-    vector: str = setting("final", "the stored pseudo-label vector", choices=LABEL_VECTORS)
-    threshold: float = setting(0.5, "a class is a label when its score is >= this")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
-
-
-def over_threshold(scores: torch.Tensor, threshold: float) -> np.ndarray:
-    """``(N, C)`` booleans: which scores are labels at ``threshold`` (the one rule of the
-    export, the review import, the gallery and the report). A score equal to the
-    threshold counts, and the threshold is compared as a float32 too, so "0.3" in a file
-    means the stored 0.3."""
-    return scores.numpy().astype(np.float32) >= np.float32(threshold)
-
-
-def relabel(labels: PseudoLabels, recipe: LabelRecipe) -> dict[str, torch.Tensor]:
-    """``aggregate`` and ``final`` again with another recipe, from what the run stores (no
-    CLIP call): alpha and beta where the rule needs no more, else the stored cosines."""
-    if not recipe.needs_snippets:
-        glob, agg = labels["global"], recipe.aggregate_alpha_beta(labels["alpha"], labels["beta"])
-    elif labels.cosines is None or labels.manifest.logit_scale is None:
-        raise ConfigError(
-            f"recipe {recipe} needs every snippet's scores, and {labels.manifest.dataset}'s "
-            "run stores none (labeled with --no-store-cosines, or by an older labeler)"
-        )
-    else:
-        glob, snippets, valid = labels.cosines.padded(labels.manifest.logit_scale)
-        agg = recipe.aggregate(snippets, valid)
-    final = recipe.label(glob, agg)
-    bias = recipe.bias(final)
-    return {"aggregate": agg, "final": final if bias is None else debias(final, bias)}
-
-
 def shard_counts(store: ObjectStore) -> dict[int, set[int]]:
     """Shard objects present: ``num_shards -> {shard index, ...}`` (any suffix)."""
     found: dict[int, set[int]] = {}
@@ -329,116 +288,3 @@ def shard_counts(store: ObjectStore) -> dict[int, set[int]]:
         if m := _SHARD_KEY.match(key):
             found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     return found
-
-
-def merge_shards(
-    store: ObjectStore,
-    num_shards: int | None = None,
-    evaluate: Callable[[PseudoLabels], dict[str, Any] | None] | None = None,
-) -> PseudoLabels:
-    """Check every shard of a run and write the merged manifest; return the merged labels.
-
-    ``num_shards`` defaults to the count in the shard names (which must agree). Every
-    shard ``0..num_shards-1`` must be finished (its manifest written), agree with shard
-    0 in every :data:`SHARED_SETTINGS` entry, hold as many rows as its manifest says, and
-    no image id may appear twice; otherwise :class:`ShardMergeError` says what is wrong
-    and nothing is written. ``evaluate(labels)``, when given, returns what goes into the
-    manifest's ``evaluation`` (it may write files beside the labels first). The merged
-    manifest's ``created`` is the latest shard's, so merging twice gives the same bytes.
-    """
-    where = store.uri_for(PREFIX)
-    if num_shards is None:
-        counts = sorted(shard_counts(store))
-        if not counts:
-            raise ShardMergeError(f"no pseudo-label shards under {where}: run 'cdul label' first")
-        if len(counts) > 1:
-            splits = ", ".join(f"of-{n:05d}" for n in counts)
-            raise ShardMergeError(
-                f"{where} holds shards of different splits ({splits}); give --num-shards or "
-                "use a fresh run URI"
-            )
-        num_shards = counts[0]
-    manifests: list[LabelManifest] = []
-    missing = []
-    for index in range(num_shards):
-        done = shard_done(store, index, num_shards)
-        if done is None:
-            missing.append(shard_name(index, num_shards))
-        else:
-            manifests.append(done)
-    if missing:
-        raise ShardMergeError(
-            f"cannot merge {where}: {len(missing)} of {num_shards} shard(s) missing or unfinished "
-            f"({', '.join(missing)}); run 'cdul label --shard-index I --num-shards "
-            f"{num_shards}' for each"
-        )
-    first = manifests[0]
-    for index, manifest in enumerate(manifests):
-        name = shard_name(index, num_shards)
-        if manifest.shard_index != index or manifest.num_shards != num_shards:
-            raise ShardMergeError(
-                f"cannot merge {where}: the manifest of {name} says shard "
-                f"{manifest.shard_index} of {manifest.num_shards}"
-            )
-        changed = differences(first.settings(), manifest.settings(),
-                              stored_as=shard_name(0, num_shards), current_as=name)  # fmt: skip
-        if changed:
-            raise ShardMergeError(
-                f"cannot merge {where}: {name} was made with other settings than "
-                f"{shard_name(0, num_shards)}: {'; '.join(changed)}"
-            )
-    tables = []
-    seen: set[str] = set()
-    for index, manifest in enumerate(manifests):
-        key = shard_key(index, num_shards, "parquet")
-        table = read_table(store, key)
-        _check_shard_table(store.uri_for(key), table, manifest)
-        ids = table.column("image_id").to_pylist()
-        repeated = seen.intersection(ids)
-        if repeated:
-            raise ShardMergeError(
-                f"cannot merge {where}: image id(s) {sorted(repeated)[:5]} appear in more than "
-                f"one shard (the last: {shard_name(index, num_shards)})"
-            )
-        seen.update(ids)
-        tables.append(table.replace_schema_metadata(None))
-    skipped: dict[tuple[str, str], dict[str, str]] = {}
-    for manifest in manifests:
-        for item in manifest.skipped:
-            skipped.setdefault((item.get("image_id", ""), item.get("path", "")), item)
-    merged = LabelManifest.from_json(
-        {
-            **first.to_json(),
-            "images": sum(m.images for m in manifests),
-            "skipped": list(skipped.values()),
-            "shards": [shard_name(i, num_shards) for i in range(num_shards)],
-            "shard_index": None,
-            "created": max(m.created for m in manifests),
-            "evaluation": None,
-        }
-    )
-    labels = from_table(pa.concat_tables(tables), merged)
-    bias = merged.label_recipe().bias(labels["final"])
-    if bias is not None:  # the second pass: stored, and applied as reading applies it
-        merged.class_bias = bias.tolist()
-        labels.vectors["final"] = debias(labels["final"], torch.tensor(merged.class_bias))
-    if evaluate is not None:
-        merged.evaluation = evaluate(labels)
-    store.write_json(MANIFEST, merged.to_json())
-    return labels
-
-
-def _check_shard_table(uri: str, table: pa.Table, manifest: LabelManifest) -> None:
-    columns = set(table.column_names)
-    absent = [c for c in ("image_id", *VECTORS) if c not in columns]
-    if absent:
-        raise ShardMergeError(f"{uri} lacks column(s) {', '.join(absent)}")
-    if table.num_rows != manifest.images:
-        raise ShardMergeError(
-            f"{uri} holds {table.num_rows} rows but its manifest says {manifest.images} images"
-        )
-    width = len(manifest.classes)
-    for name in VECTORS:
-        kind = table.schema.field(name).type
-        if not pa.types.is_fixed_size_list(kind) or kind.list_size != width:
-            raise ShardMergeError(f"{uri}: column {name!r} is {kind}, expected {width} per row")

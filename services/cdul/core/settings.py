@@ -70,6 +70,8 @@ class Default:
         return repr(self.value)
 
     def __str__(self) -> str:  # what --help's %(default)s shows
+        if isinstance(self.value, tuple):  # as it is typed: a,b,c
+            return ",".join(str(v) for v in self.value)
         return str(self.value)
 
     def __eq__(self, other: object) -> bool:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from cdul.core.label_set import parse_class_names
     from cdul.core.pseudo_labels import MANIFEST
     from cdul.labeler.job import label
-    from cdul.labeler.merge import describe
+    from cdul.labels.merge import describe
 
     endpoints = args.endpoint or [
         e.strip()

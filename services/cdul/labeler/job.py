@@ -25,7 +25,6 @@ sends those whenever the recipe needs them or the run keeps them (the default;
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import queue
@@ -39,7 +38,6 @@ from datetime import UTC, datetime
 
 import grpc
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -48,7 +46,7 @@ from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
 from cdul.core.label_set import DEFAULT_TEMPLATE, read_templates
 from cdul.core.method.aggregation import DEFAULT_ZETA
 from cdul.core.method.recipes import DEBIAS, DEFAULT_GLOBAL_WEIGHT, PAPER, LabelRecipe
-from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, DenseSpec, parse_snippet_spec
+from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, SNIPPET_FORMS, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
     Cosines,
@@ -59,13 +57,14 @@ from cdul.core.pseudo_labels import (
     shard_name,
     to_table,
     write_shard,
+    write_table,
 )
 from cdul.core.retry import RetryPolicy
 from cdul.core.settings import differences, setting
 from cdul.core.storage import ObjectStore, open_store
+from cdul.core.version import code_version
 from cdul.labeler.service import check_service, read_ahead
 from cdul.labeler.sources import ImageSource, open_source
-from cdul.labeler.version import code_version
 
 log = logging.getLogger(__name__)
 # Per-image answers worth sending again (the service's queue was full, it was restarting).
@@ -82,7 +81,7 @@ class LabelConfig:
     output: str
     endpoints: tuple[str, ...]
     snippet_spec: str = setting(
-        DEFAULT_SNIPPET_SPEC, "grid:RxC, patch:K[/S] or dense[:SIZE] (ResNet CLIPs)",
+        DEFAULT_SNIPPET_SPEC, f"{SNIPPET_FORMS} (dense: ResNet CLIPs)",
         flag="--snippets", group="label recipe",
     )  # fmt: skip
     zeta: float = setting(DEFAULT_ZETA, "Eq. 6 threshold (--aggregation paper)",
@@ -205,7 +204,7 @@ class ShardJob:
         self.source = source
         self.store: ObjectStore = open_store(config.output, create_bucket=True)
         spec = parse_snippet_spec(config.snippet_spec)
-        self.spec, self.dense = str(spec), isinstance(spec, DenseSpec)  # dense: 1 view/image
+        self.spec, self.snippet_spec = str(spec), spec
         self.recipe = config.recipe()
         self.cosines = config.store_cosines or self.recipe.needs_snippets
         templates = config.prompt_templates()
@@ -331,7 +330,7 @@ class ShardJob:
                                            f"{response.error}", bar)  # fmt: skip
                         continue
                     part.rows[i] = self._vectors(i, response)
-                    views += 1 if self.dense else 1 + response.snippet_count
+                    views += self.snippet_spec.forwards(response.snippet_count)
                     self._progress(part, bar)
                 self._drain(errors, part_of, bar)
             finally:
@@ -415,14 +414,12 @@ class ShardJob:
             snippets = torch.tensor(flat, dtype=torch.float32).reshape(-1, width)
             counts = torch.tensor([len(part.rows[i].snippet_cosine) // width for i in order])
             cosines = Cosines(stack("global_cosine"), snippets, counts.long())
+        snippets = valid = None
         if self.recipe.needs_snippets:
             assert cosines is not None  # asked for whenever the recipe needs them
-            _, scores, valid = cosines.padded(self.logit_scale)
-            agg = self.recipe.aggregate(scores, valid)
-        else:
-            agg = self.recipe.aggregate_alpha_beta(alpha, beta)
-        vectors = {"global": glob, "alpha": alpha, "beta": beta, "aggregate": agg,
-                   "final": self.recipe.label(glob, agg)}  # fmt: skip
+            _, snippets, valid = cosines.padded(self.logit_scale)
+        vectors = {"global": glob, "alpha": alpha, "beta": beta,
+                   **self.recipe.apply(glob, alpha, beta, snippets, valid)}  # fmt: skip
         truth = self.source.ground_truth
         gt = None if truth is None else truth[order] if order else truth[:0]
         stored = cosines if self.config.store_cosines else None
@@ -432,9 +429,7 @@ class ShardJob:
         table = self._part_table(part).replace_schema_metadata(
             {"cdul.settings": json.dumps(self.settings), "cdul.skipped": json.dumps(part.skipped)}
         )
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        self.store.write_bytes(self.parts_prefix + part.key_name, buffer.getvalue())
+        write_table(self.store, self.parts_prefix + part.key_name, table)
         part.table = table
 
     def _finish(self, parts: list[_Part], result: ShardResult) -> None:
@@ -461,7 +456,7 @@ class ShardJob:
 
 def label(config: LabelConfig) -> tuple[ShardResult, PseudoLabels | None, dict | None]:
     """Run one shard; an unsharded run is merged (and evaluated) at once."""
-    from cdul.labeler.merge import merge_run
+    from cdul.labels.merge import merge_run
 
     source = open_source(config.dataset, classes=config.classes, skip_bad=config.skip_bad,
                          limit=config.limit)  # fmt: skip

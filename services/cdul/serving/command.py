@@ -11,17 +11,30 @@ remote store the archive is built locally and uploaded atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from cdul.core.classifier import SUPPORTED_ARCHS
 from cdul.core.errors import ConfigError
-from cdul.core.images import DEFAULT_MAX_PIXELS
-from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cdul.core.settings import add_flags, from_args, setting
+from cdul.serving.config import ClassifierConfig
 
-if TYPE_CHECKING:
-    from cdul.serving.config import ClassifierConfig
+
+@dataclass(frozen=True, kw_only=True)
+class ArchiveConfig(ClassifierConfig):
+    """``cdul archive``: the classifier's config (its flags) and where the archive goes."""
+
+    weights: str
+    output_dir: str
+    model_name: str = setting("cdul", "TorchServe model name")
+    version: str = setting("1.0", "model version")
+    force: bool = setting(False, "replace an existing archive")
+
+    def classifier(self) -> ClassifierConfig:
+        """The config the archive carries (this one without the command's own fields)."""
+        names = [f.name for f in dataclasses.fields(ClassifierConfig)]
+        return ClassifierConfig(**{name: getattr(self, name) for name in names})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,77 +57,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR_OR_URI",
         help="where <model-name>.mar goes: a directory, file://PATH or s3://BUCKET/PREFIX",
     )
-    parser.add_argument(
-        "--arch", default="resnet101", choices=SUPPORTED_ARCHS, help="default: resnet101"
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=224,
-        help="side of the square the trainer's evaluation resized images to (default: 224)",
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="default decision threshold per class; callers may override it (default: 0.5)",
-    )
-    parser.add_argument(
-        "--mean",
-        default=",".join(map(str, IMAGENET_MEAN)),
-        help="normalisation mean R,G,B (default: ImageNet's)",
-    )
-    parser.add_argument(
-        "--std",
-        default=",".join(map(str, IMAGENET_STD)),
-        help="normalisation std R,G,B (default: ImageNet's)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help=f"refuse images larger than this many pixels (default: {DEFAULT_MAX_PIXELS})",
-    )
-    parser.add_argument(
-        "--model-name", default="cdul", help="TorchServe model name (default: cdul)"
-    )
-    parser.add_argument("--version", default="1.0", help="model version (default: 1.0)")
-    parser.add_argument("--force", action="store_true", help="replace an existing archive")
+    add_flags(parser, ArchiveConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch) only once the command runs, so --help stays fast.
     from cdul.core.label_set import parse_class_names
     from cdul.serving.archive import build_archive
-    from cdul.serving.config import ClassifierConfig
 
-    config = ClassifierConfig(
-        arch=args.arch,
-        classes=parse_class_names(args.classes),
-        image_size=args.image_size,
-        mean=_floats(args.mean, "--mean"),
-        std=_floats(args.std, "--std"),
-        threshold=args.threshold,
-        max_pixels=args.max_pixels,
-    )
-    options = {"model_name": args.model_name, "version": args.version, "force": args.force}
-    destination = args.output_dir
+    config = from_args(ArchiveConfig, args, classes=parse_class_names(args.classes),
+                       weights=args.weights, output_dir=args.output_dir)  # fmt: skip
+    options = {"model_name": config.model_name, "version": config.version, "force": config.force}
+    classifier = config.classifier()
+    destination = config.output_dir
     scheme, sep, _ = destination.partition("://")
     if not sep or scheme == "file":
         local_dir = destination[len("file://") :] if sep else destination
-        path = build_archive(args.weights, config, local_dir, **options)
+        path = build_archive(config.weights, classifier, local_dir, **options)
         where = str(path)
     else:
-        where = _build_and_upload(args.weights, config, destination, **options)
+        where = _build_and_upload(config.weights, classifier, destination, **options)
     print(
-        f"wrote {where}: {config.arch}, {len(config.classes)} classes, "
-        f"{config.image_size} px, threshold {config.threshold}"
+        f"wrote {where}: {classifier.arch}, {len(classifier.classes)} classes, "
+        f"{classifier.image_size} px, threshold {classifier.threshold}"
     )
     return 0
 
 
 def _build_and_upload(
-    weights: str, config: ClassifierConfig, uri: str, *, model_name: str, **options: Any
+    weights: str,
+    config: ClassifierConfig,
+    uri: str,
+    *,
+    model_name: str,
+    version: str,
+    force: bool,
 ) -> str:
     """Build in a temporary directory, then one atomic write to the store."""
     from cdul.core.storage import open_store
@@ -122,19 +99,10 @@ def _build_and_upload(
 
     store = open_store(uri)
     key = f"{model_name}.mar"
-    if store.exists(key) and not options.get("force"):
+    if store.exists(key) and not force:
         raise ConfigError(f"{store.uri_for(key)} already exists (use --force to replace it)")
     with tempfile.TemporaryDirectory(prefix="cdul-archive-") as tmp:
-        path = build_archive(weights, config, Path(tmp), model_name=model_name, **options)
+        path = build_archive(weights, config, Path(tmp), model_name=model_name, version=version,
+                             force=force)  # fmt: skip
         store.write_file(key, path)
     return store.uri_for(key)
-
-
-def _floats(text: str, option: str) -> tuple[float, float, float]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{option} must be three comma-separated numbers, got {text!r}") from None
-    if len(values) != 3:
-        raise ConfigError(f"{option} must be three comma-separated numbers, got {text!r}")
-    return values[0], values[1], values[2]

@@ -13,6 +13,7 @@ all call it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from torch import nn
 from cdul.core.classifier import SUPPORTED_ARCHS, build_classifier
 from cdul.core.errors import ConfigError
 from cdul.core.images import DEFAULT_MAX_PIXELS
+from cdul.core.settings import setting
 from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cdul.core.weights import load_state_dict
 
@@ -44,17 +46,37 @@ CONFIG_FILE_NAME = "cdul_classifier.json"
 CONFIG_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """How to rebuild and feed the classifier (see the module docstring)."""
+def rgb(text: str) -> tuple[float, float, float]:
+    """``"0.5,0.5,0.5"`` -> three floats (a flag's type)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values[0], values[1], values[2]
 
-    arch: str
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierConfig:
+    """How to rebuild and feed the classifier (see the module docstring); its settings
+    are ``cdul archive``'s flags."""
+
     classes: tuple[str, ...]
-    image_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    threshold: float = 0.5
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    arch: str = setting("resnet101", "the classifier's architecture", choices=SUPPORTED_ARCHS)
+    image_size: int = setting(224, "side of the square the trainer's evaluation resized images to")
+    mean: tuple[float, float, float] = setting(
+        IMAGENET_MEAN, "normalisation mean R,G,B (default: ImageNet's)", type=rgb,
+        metavar="R,G,B",
+    )  # fmt: skip
+    std: tuple[float, float, float] = setting(
+        IMAGENET_STD, "normalisation std R,G,B (default: ImageNet's)", type=rgb,
+        metavar="R,G,B",
+    )  # fmt: skip
+    threshold: float = setting(
+        0.5, "the decision threshold per class in the archive; callers may override it"
+    )
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse images larger than this many pixels")
     format: int = field(default=CONFIG_FORMAT)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from cdul.core.errors import ConfigError
 from cdul.core.pseudo_labels import PseudoLabels, read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.core.transforms import eval_transform
+from cdul.labels.matching import check_classes, match_images
 
 
 class ImageSet(TorchDataset):
@@ -53,44 +54,25 @@ def load_train_data(
 ) -> TrainData:
     """Read the pseudo labels, match them to ``images`` by image id, open ``val``."""
     labels = read_pseudo_labels(open_store(labels_uri))
-    dataset = open_dataset(images)
-    position = {image_id: i for i, image_id in enumerate(dataset.ids())}
-    missing = [image_id for image_id in labels.ids if image_id not in position]
-    if missing:
-        raise ConfigError(
-            f"{len(missing)} pseudo-labelled images are not in {images} "
-            f"(e.g. {missing[0]!r}): are the labels for this dataset?"
-        )
-    if not labels.ids:
-        raise ConfigError(f"the pseudo labels at {labels_uri} hold no image")
-    indices = [position[image_id] for image_id in labels.ids]
+    matched = match_images(labels, images, labels_uri)
     truth = labels.ground_truth
-    if dataset.has_ground_truth:
-        _check_classes(labels.classes, dataset.classes, images)
-        matrix = dataset.ground_truth_matrix()
-        truth = matrix[torch.tensor(indices)] if matrix is not None else truth
+    matrix = matched.dataset.ground_truth_matrix() if matched.dataset.has_ground_truth else None
+    if matrix is not None:
+        truth = matrix[torch.tensor(matched.indices)]
     val_set, val_truth = None, None
     if val:
         val_dataset = open_dataset(val)
         if not val_dataset.has_ground_truth:
             raise ConfigError(f"validation set {val} has no ground truth")
-        _check_classes(labels.classes, val_dataset.classes, val)
+        check_classes(labels.classes, val_dataset.classes, val)
         val_set = ImageSet(val_dataset, list(range(len(val_dataset))), image_size)
         val_truth = val_dataset.ground_truth_matrix()
     return TrainData(
         classes=list(labels.classes),
-        train=ImageSet(dataset, indices, image_size),
+        train=ImageSet(matched.dataset, matched.indices, image_size),
         initial_labels=labels[vector].float().clone(),
         ground_truth=truth,
         val=val_set,
         val_truth=val_truth,
         labels=labels,
     )
-
-
-def _check_classes(label_classes: list[str], dataset_classes, spec: str) -> None:
-    if list(label_classes) != list(dataset_classes):
-        raise ConfigError(
-            f"the pseudo labels' classes {list(label_classes)} differ from {spec}'s "
-            f"{list(dataset_classes)}"
-        )

@@ -20,7 +20,7 @@ from cdul.core.clip_scoring import ClipScorer
 from cdul.core.datasets import Dataset
 from cdul.core.evaluation import evaluate
 from cdul.core.label_set import LabelSet
-from cdul.core.method.aggregation import aggregate, pseudo_label
+from cdul.core.method.recipes import LabelRecipe
 from cdul.core.method.snippets import parse_snippet_spec
 from cdul.world.generator import PROMPT_TEMPLATE, make_single
 from cdul.world.shapes import SHAPES
@@ -88,11 +88,9 @@ def pseudo_label_maps(
             global_map=evaluate(glob, truth, dataset.classes).mean_ap,
         )
         for zeta in zetas:
-            agg = aggregate(alpha, beta, zeta)
-            result.aggregate_map[zeta] = evaluate(agg, truth, dataset.classes).mean_ap
-            result.final_map[zeta] = evaluate(
-                pseudo_label(glob, agg), truth, dataset.classes
-            ).mean_ap
+            pseudo = LabelRecipe(zeta=zeta).apply(glob, alpha, beta)
+            ap = {name: evaluate(v, truth, dataset.classes).mean_ap for name, v in pseudo.items()}
+            result.aggregate_map[zeta], result.final_map[zeta] = ap["aggregate"], ap["final"]
         results.append(result)
     return results
 

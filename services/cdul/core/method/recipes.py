@@ -4,7 +4,8 @@ A recipe turns one image's global class scores ``g`` (Eq. 2, ``(C,)``) and its
 snippet class scores ``s_i`` (Eq. 4, ``(S, C)``) into the initial pseudo label ``y``
 in three steps, each a choice:
 
-1. **aggregation** of the snippet scores per class (registry :data:`AGGREGATIONS`):
+1. **aggregation** of the snippet scores per class (registry :data:`AGGREGATIONS`; a new
+   rule is one function and one entry there):
 
    - ``paper``   Eq. 5-6: ``alpha_j = max_i s_ij``, ``beta_j = min_i s_ij``;
      ``alpha_j`` if ``alpha_j >= zeta``, else ``beta_j`` (the default).
@@ -28,8 +29,9 @@ in three steps, each a choice:
      stay probabilities for the trainer). A class that is nobody's top-1 gets the mean
      bias, i.e. is left as it is.
 
-Everything is a pure function on tensors; the labeler, ``label-sweep`` and the tests
-call the same code.
+Everything is a pure function on tensors; :meth:`LabelRecipe.apply` is the one place
+steps 1 and 2 are applied (the labeler, ``label-sweep``, the in-process scorer and the
+world's report call it).
 """
 
 from __future__ import annotations
@@ -87,29 +89,59 @@ def aggregate_topk(k: int) -> Callable[[torch.Tensor, torch.Tensor | None, float
     return topk
 
 
-#: name -> aggregation of ``(N, S, C)`` snippet scores (with an optional ``(N, S)`` mask
-#: and zeta, which only ``paper`` reads) into ``(N, C)``. ``topk:K`` is parsed.
-AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]] = {
-    PAPER: aggregate_paper,
-    "max": aggregate_max,
-    "mean": aggregate_mean,
+AggregateFn = Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """A rule of step 1: how ``--aggregation NAME[:K]`` is computed."""
+
+    form: str
+    """How it is spelled (``paper``, ``topk:K``), for help texts and errors."""
+    build: Callable[[int | None], AggregateFn]
+    """The rule on ``(N, S, C)`` snippet scores (with an optional ``(N, S)`` mask and
+    zeta, which only ``paper`` reads), given the ``:K`` parameter (None without one)."""
+    from_alpha_beta: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+    """The same rule from alpha and beta alone (Eq. 5), when that is enough: such rules
+    apply to any stored run and need no snippet cosines."""
+
+    @property
+    def takes_parameter(self) -> bool:
+        return ":" in self.form
+
+
+def _fixed(rule: AggregateFn) -> Callable[[int | None], AggregateFn]:
+    return lambda _: rule
+
+
+#: The registry: the name before any ':' -> its rule. A new rule is one entry here.
+AGGREGATIONS: dict[str, Aggregation] = {
+    PAPER: Aggregation("paper (Eq. 5-6)", _fixed(aggregate_paper), aggregate),
+    "max": Aggregation("max", _fixed(aggregate_max), lambda alpha, _beta, _zeta: alpha),
+    "mean": Aggregation("mean", _fixed(aggregate_mean)),
+    "topk": Aggregation("topk:K", lambda k: aggregate_topk(int(k or 0))),
 }
-_TOPK = re.compile(r"topk:(\d+)")
-#: Rules that only need alpha and beta (Eq. 5), so they apply to any stored run.
-FROM_ALPHA_BETA = (PAPER, "max")
+#: The registry's spellings for help texts: "paper (Eq. 5-6), max, mean or topk:K".
+AGGREGATION_FORMS = (
+    ", ".join(a.form for a in list(AGGREGATIONS.values())[:-1])
+    + f" or {list(AGGREGATIONS.values())[-1].form}"
+)
 
 
-def aggregation_rule(
-    name: str,
-) -> Callable[[torch.Tensor, torch.Tensor | None, float], torch.Tensor]:
-    if name in AGGREGATIONS:
-        return AGGREGATIONS[name]
-    if m := _TOPK.fullmatch(name):
-        if int(m[1]) < 1:
-            raise ConfigError(f"aggregation {name!r}: K must be >= 1")
-        return aggregate_topk(int(m[1]))
-    known = ", ".join([*AGGREGATIONS, "topk:K"])
-    raise ConfigError(f"unknown aggregation {name!r}; expected one of {known}")
+def aggregation(name: str) -> tuple[Aggregation, AggregateFn]:
+    """The registry's entry for ``name`` (``topk:3``: ``topk`` with K = 3) and its rule;
+    ConfigError for a name it does not know or a bad K."""
+    key, sep, parameter = name.partition(":")
+    entry = AGGREGATIONS.get(key)
+    if entry is None or sep != (":" if entry.takes_parameter else ""):
+        raise ConfigError(f"unknown aggregation {name!r}; expected one of {AGGREGATION_FORMS}")
+    if not entry.takes_parameter:
+        return entry, entry.build(None)
+    if not re.fullmatch(r"\d+", parameter):
+        raise ConfigError(f"unknown aggregation {name!r}; expected one of {AGGREGATION_FORMS}")
+    if int(parameter) < 1:
+        raise ConfigError(f"aggregation {name!r}: K must be >= 1")
+    return entry, entry.build(int(parameter))
 
 
 def mix(
@@ -159,7 +191,7 @@ class LabelRecipe:
     debias: str = "none"
 
     def __post_init__(self) -> None:
-        aggregation_rule(self.aggregation)
+        aggregation(self.aggregation)
         if not 0.0 <= self.zeta <= 1.0:
             raise ConfigError(f"--zeta must be within [0, 1], got {self.zeta}")
         if not 0.0 <= self.global_weight <= 1.0:
@@ -178,17 +210,37 @@ class LabelRecipe:
     @property
     def needs_snippets(self) -> bool:
         """Whether the rule needs every snippet's scores (not only alpha and beta)."""
-        return self.aggregation not in FROM_ALPHA_BETA
+        return aggregation(self.aggregation)[0].from_alpha_beta is None
 
     def aggregate(self, snippets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Step 1 on ``(N, S, C)`` snippet scores."""
-        return aggregation_rule(self.aggregation)(snippets, valid, self.zeta)
+        return aggregation(self.aggregation)[1](snippets, valid, self.zeta)
 
     def aggregate_alpha_beta(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """Step 1 from alpha and beta alone (``paper`` and ``max``)."""
-        if self.needs_snippets:
+        rule = aggregation(self.aggregation)[0].from_alpha_beta
+        if rule is None:
             raise ConfigError(f"aggregation {self.aggregation!r} needs every snippet's scores")
-        return aggregate(alpha, beta, self.zeta if self.aggregation == PAPER else 0.0)
+        return rule(alpha, beta, self.zeta)
+
+    def apply(
+        self,
+        global_scores: torch.Tensor,
+        alpha: torch.Tensor | None = None,
+        beta: torch.Tensor | None = None,
+        snippets: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Steps 1 and 2 for ``(N, C)`` global scores: ``{"aggregate", "final"}``. A rule
+        that alpha and beta (Eq. 5) are enough for reads them when given; otherwise the
+        ``(N, S, C)`` snippet scores (with their mask). Step 3 is :meth:`bias`."""
+        if alpha is not None and beta is not None and not self.needs_snippets:
+            agg = self.aggregate_alpha_beta(alpha, beta)
+        elif snippets is not None:
+            agg = self.aggregate(snippets, valid)
+        else:
+            raise ConfigError(f"aggregation {self.aggregation!r} needs every snippet's scores")
+        return {"aggregate": agg, "final": self.label(global_scores, agg)}
 
     def label(self, global_scores: torch.Tensor, aggregate_scores: torch.Tensor) -> torch.Tensor:
         """Step 2 (per image); step 3 needs the whole dataset: :meth:`bias`, :func:`debias`."""

@@ -30,14 +30,20 @@ A third kind is not cut from the image at all:
 Each grid or patch snippet is then given to CLIP's own preprocessing (resize + centre
 crop) by the caller; this module only decides the boxes. Boxes are ``(left, top, right, bottom)``
 in pixels with ``right``/``bottom`` exclusive, the convention of ``PIL.Image.crop``.
+
+The kinds are a registry (:data:`SNIPPET_SPECS`): a kind is one :class:`SnippetSpec`
+subclass that parses its own argument and says what it costs (:meth:`~SnippetSpec.count`,
+:meth:`~SnippetSpec.forwards`) and whether its snippets are crops CLIP encodes one by
+one (``cut_from_image``); help texts list the registry's forms.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from cdul.core.errors import ConfigError
 
@@ -48,26 +54,79 @@ Box = tuple[int, int, int, int]
 
 #: The paper's snippets: the image cut into a 3x3 grid of crops (Sec. 3.1).
 DEFAULT_SNIPPET_SPEC = "grid:3x3"
-_GRID = re.compile(r"grid:(?P<rows>-?\d+)x(?P<cols>-?\d+)")
-_PATCH = re.compile(r"patch:(?P<size>-?\d+)(?:/(?P<stride>-?\d+))?")
-_DENSE = re.compile(r"dense(?::(?P<size>-?\d+))?")
-_FORMS = (
-    "'grid:RxC' (e.g. grid:3x3), 'patch:K' / 'patch:K/S' (e.g. patch:32/16) or "
-    "'dense' / 'dense:SIZE' (e.g. dense:448)"
-)
 #: A ResNet CLIP tower's output stride: a SIZE-pixel input gives a SIZE/32 square map.
 DENSE_STRIDE = 32
 
 
+class SnippetSpec(ABC):
+    """How an image is cut into snippets: one subclass per kind (``grid``, ...)."""
+
+    kind: ClassVar[str]
+    """The spec's prefix, ``kind[:ARGUMENT]``."""
+    form: ClassVar[str]
+    """The accepted spellings, for help texts and errors."""
+    cut_from_image: ClassVar[bool] = True
+    """Snippets are crops of the image, each encoded by CLIP on its own (so an image
+    costs 1 + count forwards); False: one forward of the whole image gives them all."""
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, argument: str | None, text: str) -> SnippetSpec | None:
+        """The spec of ``kind:ARGUMENT`` (``argument`` None: ``kind`` alone); None when
+        the argument is not of this kind's form; ConfigError for a bad value in it."""
+
+    @abstractmethod
+    def boxes(self, width: int, height: int) -> list[Box]:
+        """The snippets' boxes on a ``width`` x ``height`` image, in row-major order."""
+
+    def count(self, width: int, height: int) -> int:
+        """Number of snippets on a ``width`` x ``height`` image, computed without building
+        the box list (a server refuses a request that would cut too many before any
+        work); raises the same ConfigError as :meth:`boxes` for an image it cannot cut."""
+        return len(self.boxes(width, height))
+
+    def forwards(self, count: int) -> int:
+        """CLIP forward passes for an image with ``count`` snippets (the global view's
+        included)."""
+        return 1 + count if self.cut_from_image else 1
+
+    def at(self, input_size: int) -> SnippetSpec:
+        """This spec for a model whose input is ``input_size`` pixels (the server fills in
+        what depends on the model it serves)."""
+        return self
+
+    @property
+    def view_size(self) -> int | None:
+        """Snippets not cut from the image: the side the whole image is encoded at (None:
+        the model's input size)."""
+        return None
+
+
 @dataclass(frozen=True)
-class GridSpec:
+class GridSpec(SnippetSpec):
     """An R x C grid of equal tiles over the full-resolution image."""
+
+    kind: ClassVar[str] = "grid"
+    form: ClassVar[str] = "'grid:RxC' (e.g. grid:3x3)"
+    _ARGUMENT: ClassVar[re.Pattern[str]] = re.compile(r"(?P<rows>-?\d+)x(?P<cols>-?\d+)")
 
     rows: int
     cols: int
 
     def __str__(self) -> str:
         return f"grid:{self.rows}x{self.cols}"
+
+    @classmethod
+    def parse(cls, argument: str | None, text: str) -> GridSpec | None:
+        m = cls._ARGUMENT.fullmatch(argument or "")
+        if m is None:
+            return None
+        rows, cols = int(m["rows"]), int(m["cols"])
+        if rows < 1 or cols < 1:
+            raise ConfigError(
+                f"snippet spec {text!r}: grid rows and columns must be >= 1, got {rows}x{cols}"
+            )
+        return cls(rows, cols)
 
     def boxes(self, width: int, height: int) -> list[Box]:
         _check_size(width, height)
@@ -83,10 +142,20 @@ class GridSpec:
             for c in range(self.cols)
         ]
 
+    def count(self, width: int, height: int) -> int:
+        _check_size(width, height)
+        if width < self.cols or height < self.rows:
+            self.boxes(width, height)  # raises the error that names the problem
+        return self.rows * self.cols
+
 
 @dataclass(frozen=True)
-class PatchSpec:
+class PatchSpec(SnippetSpec):
     """K x K-pixel squares every ``stride`` pixels."""
+
+    kind: ClassVar[str] = "patch"
+    form: ClassVar[str] = "'patch:K' / 'patch:K/S' (e.g. patch:32/16)"
+    _ARGUMENT: ClassVar[re.Pattern[str]] = re.compile(r"(?P<size>-?\d+)(?:/(?P<stride>-?\d+))?")
 
     size: int
     stride: int
@@ -95,6 +164,19 @@ class PatchSpec:
         if self.stride == self.size:
             return f"patch:{self.size}"
         return f"patch:{self.size}/{self.stride}"
+
+    @classmethod
+    def parse(cls, argument: str | None, text: str) -> PatchSpec | None:
+        m = cls._ARGUMENT.fullmatch(argument or "")
+        if m is None:
+            return None
+        size = int(m["size"])
+        stride = int(m["stride"]) if m["stride"] is not None else size
+        if size < 1:
+            raise ConfigError(f"snippet spec {text!r}: patch size must be >= 1 pixel")
+        if stride < 1:
+            raise ConfigError(f"snippet spec {text!r}: patch stride must be >= 1 pixel")
+        return cls(size, stride)
 
     def boxes(self, width: int, height: int) -> list[Box]:
         _check_size(width, height)
@@ -110,21 +192,52 @@ class PatchSpec:
             for left in range(0, width - k + 1, s)
         ]
 
+    def count(self, width: int, height: int) -> int:
+        _check_size(width, height)
+        if self.size > width or self.size > height:
+            self.boxes(width, height)  # raises the error that names the problem
+        per_row = (width - self.size) // self.stride + 1
+        per_col = (height - self.size) // self.stride + 1
+        return per_row * per_col
+
 
 @dataclass(frozen=True)
-class DenseSpec:
+class DenseSpec(SnippetSpec):
     """One forward of the whole image at ``size`` pixels; a snippet per feature-map cell.
 
     ``size`` None means the model's input size; :meth:`at` fills it in (the server
     does, from the model it serves)."""
+
+    kind: ClassVar[str] = "dense"
+    form: ClassVar[str] = "'dense' / 'dense:SIZE' (e.g. dense:448)"
+    cut_from_image: ClassVar[bool] = False
+    _ARGUMENT: ClassVar[re.Pattern[str]] = re.compile(r"-?\d+")
 
     size: int | None = None
 
     def __str__(self) -> str:
         return "dense" if self.size is None else f"dense:{self.size}"
 
+    @classmethod
+    def parse(cls, argument: str | None, text: str) -> DenseSpec | None:
+        if argument is None:
+            return cls()
+        if not cls._ARGUMENT.fullmatch(argument):
+            return None
+        size = int(argument)
+        if size < DENSE_STRIDE or size % DENSE_STRIDE:
+            raise ConfigError(
+                f"snippet spec {text!r}: SIZE must be a positive multiple of {DENSE_STRIDE} "
+                "pixels (a ResNet CLIP's output stride)"
+            )
+        return cls(size)
+
     def at(self, input_size: int) -> DenseSpec:
         return self if self.size is not None else DenseSpec(input_size)
+
+    @property
+    def view_size(self) -> int | None:
+        return self.size
 
     @property
     def side(self) -> int:
@@ -157,62 +270,30 @@ class DenseSpec:
             for c in range(side)
         ]
 
+    def count(self, width: int, height: int) -> int:
+        _check_size(width, height)
+        return self.side**2
 
-SnippetSpec = GridSpec | PatchSpec | DenseSpec
+
+#: The registry: kind -> its class. A new kind is one class and one entry here.
+SNIPPET_SPECS: dict[str, type[SnippetSpec]] = {
+    spec.kind: spec for spec in (GridSpec, PatchSpec, DenseSpec)
+}
+#: The accepted spellings, for help texts and errors.
+_FORMS = [spec.form for spec in SNIPPET_SPECS.values()]
+SNIPPET_FORMS = ", ".join(_FORMS[:-1]) + " or " + _FORMS[-1] if len(_FORMS) > 1 else _FORMS[0]
 
 
 def parse_snippet_spec(text: str) -> SnippetSpec:
-    """Parse ``grid:RxC``, ``patch:K[/S]`` or ``dense[:SIZE]``; raise ConfigError otherwise."""
+    """Parse ``kind[:ARGUMENT]`` by the registry; raise ConfigError otherwise."""
     if not isinstance(text, str):
-        raise ConfigError(f"snippet spec must be a string like {_FORMS}; got {text!r}")
-    spec = text.strip().lower()
-    if m := _GRID.fullmatch(spec):
-        rows, cols = int(m["rows"]), int(m["cols"])
-        if rows < 1 or cols < 1:
-            raise ConfigError(
-                f"snippet spec {text!r}: grid rows and columns must be >= 1, got {rows}x{cols}"
-            )
-        return GridSpec(rows, cols)
-    if m := _PATCH.fullmatch(spec):
-        size = int(m["size"])
-        stride = int(m["stride"]) if m["stride"] is not None else size
-        if size < 1:
-            raise ConfigError(f"snippet spec {text!r}: patch size must be >= 1 pixel")
-        if stride < 1:
-            raise ConfigError(f"snippet spec {text!r}: patch stride must be >= 1 pixel")
-        return PatchSpec(size, stride)
-    if m := _DENSE.fullmatch(spec):
-        if m["size"] is None:
-            return DenseSpec()
-        size = int(m["size"])
-        if size < DENSE_STRIDE or size % DENSE_STRIDE:
-            raise ConfigError(
-                f"snippet spec {text!r}: SIZE must be a positive multiple of {DENSE_STRIDE} "
-                "pixels (a ResNet CLIP's output stride)"
-            )
-        return DenseSpec(size)
-    raise ConfigError(f"unknown snippet spec {text!r}: expected {_FORMS}")
-
-
-def snippet_count(spec: SnippetSpec, width: int, height: int) -> int:
-    """Number of snippets ``spec`` cuts from a ``width`` x ``height`` image.
-
-    Computed without building the box list, so a server can refuse a request that
-    would cut too many snippets before doing any work. Raises the same ConfigError
-    as :meth:`boxes` for an image the spec cannot cut.
-    """
-    _check_size(width, height)
-    if isinstance(spec, DenseSpec):
-        return spec.side**2
-    if isinstance(spec, GridSpec):
-        if width < spec.cols or height < spec.rows:
-            spec.boxes(width, height)  # raises the error that names the problem
-        return spec.rows * spec.cols
-    if spec.size > width or spec.size > height:
-        spec.boxes(width, height)  # raises the error that names the problem
-    per_row = (width - spec.size) // spec.stride + 1
-    per_col = (height - spec.size) // spec.stride + 1
-    return per_row * per_col
+        raise ConfigError(f"snippet spec must be a string like {SNIPPET_FORMS}; got {text!r}")
+    kind, sep, argument = text.strip().lower().partition(":")
+    spec_class = SNIPPET_SPECS.get(kind)
+    spec = spec_class.parse(argument if sep else None, text) if spec_class else None
+    if spec is None:
+        raise ConfigError(f"unknown snippet spec {text!r}: expected {SNIPPET_FORMS}")
+    return spec
 
 
 def crop_snippets(image: Image.Image, spec: SnippetSpec) -> list[Image.Image]:

@@ -6,7 +6,7 @@ aggregate / final side by side. A run without ground truth has no mAP to show, s
 gets a block of its own instead, computed from its labels: per class the images at or
 over ``--threshold``, the score distribution (mean, quartiles, a text histogram) and a
 flag for a class that never fires or fires on almost every image, which is usually a
-bad class name or template. Those numbers are :func:`cdul.labeler.gallery.class_stats`,
+bad class name or template. Those numbers are :func:`cdul.labels.stats.class_stats`,
 the ones ``cdul label-gallery`` shows.
 """
 
@@ -16,10 +16,10 @@ import argparse
 
 from cdul.core.errors import StorageError
 from cdul.core.evaluation import format_ap
-from cdul.core.pseudo_labels import MANIFEST, LabelManifest, read_pseudo_labels
+from cdul.core.pseudo_labels import LABEL_VECTORS, MANIFEST, LabelManifest, read_pseudo_labels
 from cdul.core.settings import add_flags, from_args
 from cdul.core.storage import open_store
-from cdul.labeler.gallery import ClassStats, StatsConfig, class_stats, flag_text
+from cdul.labels.stats import ClassStats, StatsConfig, class_stats, flag_text
 
 # One character per histogram bin: blank for an empty bin, then eighths of the fullest.
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -36,7 +36,7 @@ def rows_for(runs: list[str]) -> list[dict[str, object]]:
         rows.append(
             {"run": uri, "snippets": m.snippet_spec, "recipe": str(m.label_recipe()),
              "images": m.images,
-             **{k: (ev[k]["mAP"] if k in ev else None) for k in ("global", "aggregate", "final")}}
+             **{k: (ev[k]["mAP"] if k in ev else None) for k in LABEL_VECTORS}}
         )  # fmt: skip
     return rows
 
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     config = from_args(StatsConfig, args)
     rows = rows_for(args.runs)
     # A run without a stored evaluation would be a row of dashes: it gets its own block.
-    evaluated = [r for r in rows if any(r[k] is not None for k in ("global", "aggregate", "final"))]
+    evaluated = [r for r in rows if any(r[k] is not None for k in LABEL_VECTORS)]
     blocks = [format_rows(evaluated)] if evaluated else []
     blocks += [stats_block(str(r["run"]), config) for r in rows if r not in evaluated]
     print("\n\n".join(blocks))

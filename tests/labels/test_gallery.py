@@ -21,16 +21,11 @@ from cdul.core.datasets import open_dataset
 from cdul.core.evaluation import evaluate, format_ap
 from cdul.core.pseudo_labels import VECTORS, LabelManifest, to_table, write_shard
 from cdul.core.storage import open_store
-from cdul.labeler.compare import format_rows, rows_for
-from cdul.labeler.gallery import (
-    FIRES_ON_ALMOST_ALL,
-    NEVER_FIRES,
-    GalleryConfig,
-    StatsConfig,
-    class_stats,
-    write_gallery,
-)
-from cdul.labeler.merge import merge_run
+from cdul.labels.gallery.command import write_gallery
+from cdul.labels.gallery.model import GalleryConfig
+from cdul.labels.merge import merge_run
+from cdul.labels.report import format_rows, rows_for
+from cdul.labels.stats import FIRES_ON_ALMOST_ALL, NEVER_FIRES, StatsConfig, class_stats
 
 NAME = 'a<b&"c"'  # every character HTML must escape
 CLASSES = [NAME, "dog", "cat"]

@@ -13,17 +13,16 @@ import csv
 import io
 
 from cdul.core.evaluation import Evaluation, evaluate, format_ap, format_table
-from cdul.core.pseudo_labels import EVALUATION_CSV, EVALUATION_JSON, PseudoLabels
+from cdul.core.pseudo_labels import EVALUATION_CSV, EVALUATION_JSON, LABEL_VECTORS, PseudoLabels
 from cdul.core.storage import ObjectStore
-
-COLUMNS = ("global", "aggregate", "final")
 
 
 def evaluate_labels(labels: PseudoLabels) -> dict[str, Evaluation] | None:
     """mAP and per-class AP of each vector; None without ground truth or images."""
     if labels.ground_truth is None or len(labels) == 0:
         return None
-    return {name: evaluate(labels[name], labels.ground_truth, labels.classes) for name in COLUMNS}
+    truth = labels.ground_truth
+    return {name: evaluate(labels[name], truth, labels.classes) for name in LABEL_VECTORS}
 
 
 def to_csv(results: dict[str, Evaluation]) -> str:

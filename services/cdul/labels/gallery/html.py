@@ -12,8 +12,9 @@ import math
 from html import escape
 
 from cdul.core.evaluation import format_ap
-from cdul.core.pseudo_labels import over_threshold
-from cdul.labeler.gallery import ClassStats, ClassView, Gallery, Thumb, flag_text
+from cdul.labels.gallery.model import ClassView, Gallery, Thumb
+from cdul.labels.reading import over_threshold
+from cdul.labels.stats import ClassStats, flag_text
 
 INDEX = "index.html"
 STRIP = 6  # thumbnails per class on the index; the class page has the rest

@@ -1,7 +1,7 @@
 """``cdul label-sweep RUN``: other label recipes from what the run stores, no CLIP call.
 
 Every combination of ``--aggregations`` (``paper`` once per ``--zetas`` value),
-``--global-weights`` and ``--debias`` is recomputed (:func:`cdul.core.pseudo_labels.relabel`):
+``--global-weights`` and ``--debias`` is recomputed (:func:`cdul.labels.reading.relabel`):
 ``paper`` and ``max`` from the stored alpha/beta, ``mean`` and ``topk:K`` from the
 stored cosines (a run labeled with ``--no-store-cosines`` skips them, saying so). With
 ground truth each recipe gets the macro mAP of aggregate and final, and the best one is
@@ -19,22 +19,18 @@ import csv
 import io
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from cdul.core.errors import ConfigError
 from cdul.core.evaluation import evaluate
 from cdul.core.method.aggregation import DEFAULT_ZETA
-from cdul.core.method.recipes import DEBIAS, PAPER, LabelRecipe
-from cdul.core.pseudo_labels import (
-    PREFIX,
-    LabelReading,
-    PseudoLabels,
-    over_threshold,
-    read_pseudo_labels,
-    relabel,
-)
+from cdul.core.method.recipes import AGGREGATION_FORMS, DEBIAS, PAPER, LabelRecipe
+from cdul.core.pseudo_labels import PREFIX, PseudoLabels, read_pseudo_labels
+from cdul.core.settings import add_flags, flag_name, from_args, setting
 from cdul.core.storage import open_store
+from cdul.labels.reading import LabelReading, over_threshold, relabel
 
 DEFAULT_AGGREGATIONS = (PAPER, "max", "mean", "topk:2", "topk:3")
 DEFAULT_ZETAS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
@@ -99,42 +95,60 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _numbers(flag: str, text: str) -> list[float]:
+def _numbers(text: str) -> tuple[float, ...]:
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ConfigError(f"{flag} {text!r}: expected numbers separated by commas") from None
-    if not values or not all(0.0 <= v <= 1.0 for v in values):
-        raise ConfigError(f"{flag} {text!r}: give values in [0, 1]")
-    return values
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected numbers separated by commas"
+        ) from None
 
 
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """``cdul label-sweep``: the run and the grid of recipes recomputed from it."""
+
+    run: str
+    aggregations: tuple[str, ...] = setting(
+        DEFAULT_AGGREGATIONS, f"{AGGREGATION_FORMS}, comma-separated", type=_names
+    )
+    zetas: tuple[float, ...] = setting(
+        DEFAULT_ZETAS, "zeta values in [0, 1] for the paper's rule", type=_numbers
+    )
+    global_weights: tuple[float, ...] = setting(
+        DEFAULT_GLOBAL_WEIGHTS, "weights of the global score in [0, 1]", type=_numbers
+    )
+    debias: tuple[str, ...] = setting(DEBIAS, "none and/or class-mean", type=_names)
+    store: bool = setting(True, "print only; write nothing")
+
+    def __post_init__(self) -> None:
+        for name in ("zetas", "global_weights"):
+            values = getattr(self, name)
+            if not values or not all(0.0 <= v <= 1.0 for v in values):
+                shown = ",".join(f"{v:g}" for v in values)
+                flag = flag_name(SweepConfig, name)
+                raise ConfigError(f"{flag} {shown!r}: give values in [0, 1]")
+        for name in ("aggregations", "debias"):
+            if not getattr(self, name):
+                raise ConfigError(f"{flag_name(SweepConfig, name)}: give at least one")
+
+    def grid(self) -> list[LabelRecipe]:
+        return recipes(self.aggregations, self.zetas, self.global_weights, self.debias)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="a labeled run URI (s3://... or file://...)")
-
-    def listed(flag: str, values: Sequence[object], what: str) -> None:
-        default = ",".join(str(v) for v in values)
-        parser.add_argument(flag, default=default, help=f"{what} (default {default})")
-
-    listed("--aggregations", DEFAULT_AGGREGATIONS, "paper, max, mean, topk:K, comma-separated")
-    listed("--zetas", DEFAULT_ZETAS, "zeta values in [0, 1] for the paper's rule")
-    listed("--global-weights", DEFAULT_GLOBAL_WEIGHTS, "weights of the global score in [0, 1]")
-    listed("--debias", DEBIAS, "none and/or class-mean")
-    parser.add_argument("--no-store", action="store_true", help="print only; write nothing")
+    add_flags(parser, SweepConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    grid = recipes(
-        _names(args.aggregations),
-        _numbers("--zetas", args.zetas),
-        _numbers("--global-weights", args.global_weights),
-        _names(args.debias),
-    )
-    store = open_store(args.run)
+    config = from_args(SweepConfig, args, run=args.run)
+    grid = config.grid()
+    store = open_store(config.run)
     labels = read_pseudo_labels(store, cosines=any(r.needs_snippets for r in grid))
     rows, skipped = sweep(labels, grid)
     m = labels.manifest
@@ -150,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         best = max(rows, key=lambda row: row["final_mAP"])
         flags = " ".join(f"--{k.replace('_', '-')} {best[k]}" for k in KEYS if best[k] != "")
         print(f"best final mAP {best['final_mAP']:.4f}: {flags}")
-    if not args.no_store:
+    if config.store:
         store.write_json(SWEEP_JSON, {"snippet_spec": m.snippet_spec, "rows": rows,
                                       "skipped": skipped})  # fmt: skip
         out = io.StringIO()

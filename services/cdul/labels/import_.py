@@ -1,20 +1,12 @@
 """``cdul label-import REVIEWED --run RUN -o NEW_RUN``: reviewed labels into a new run.
 
-``REVIEWED`` is one of (the registry :data:`READERS`; ``--format``, else guessed from
-the name, else from the contents):
-
-``label-studio``
-    Label Studio's JSON export of the tasks ``cdul label-export --format label-studio``
-    wrote: a list of tasks, each with ``data.cdul_id`` and ``annotations`` (``result``:
-    ``choices`` of the ``labels`` control, ``was_cancelled``). A task's latest
-    non-cancelled annotation (by ``updated_at``, else ``created_at``, else order) is the
-    reviewer's decision, even where it agrees with the prediction; a task without one
-    keeps its pseudo label.
-``csv``
-    An edited copy of ``label-export``'s CSV: its ``image_id`` and ``labels`` columns.
-    A CSV row carries no "reviewed" mark, so a row counts as reviewed when its labels
-    differ from the run's at ``--threshold`` on ``--vector`` (what label-export wrote
-    with the same options); other rows, and removed ones, keep their pseudo labels.
+``REVIEWED`` is in one of the formats with a reader (:data:`cdul.labels.formats.READABLE`:
+``label-studio``, Label Studio's JSON export of the tasks ``cdul label-export --format
+label-studio`` wrote, or ``csv``, an edited copy of label-export's CSV; each module
+says how it is read); ``--format``, else guessed from the name, else from the contents.
+A CSV row carries no "reviewed" mark, so a row counts as reviewed when its labels
+differ from the run's at ``--threshold`` on ``--vector`` (what label-export wrote with
+the same options); other rows, and removed ones, keep their pseudo labels.
 
 ``NEW_RUN`` is the same pseudo-label artefact (one shard, merged, evaluated against
 ground truth where the run has it): a reviewed image's ``--vector`` row (default
@@ -26,11 +18,7 @@ and what it changed go into the new run's manifest (``review``).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import io
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -41,9 +29,7 @@ from cdul.core.evaluation import Evaluation
 from cdul.core.pseudo_labels import (
     MANIFEST,
     LabelManifest,
-    LabelReading,
     PseudoLabels,
-    over_threshold,
     read_pseudo_labels,
     shard_counts,
     to_table,
@@ -51,111 +37,11 @@ from cdul.core.pseudo_labels import (
 )
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import ObjectStore, open_store
-from cdul.labeler.export import (
-    CSV_COLUMNS,
-    CSV_SEPARATOR,
-    LS_CHOICES,
-    location_store,
-)
-from cdul.labeler.merge import describe, merge_run
-from cdul.labeler.version import code_version
-
-#: A reviewed file's decisions: image id -> the classes the reviewer chose.
-Decisions = dict[str, list[str]]
-
-
-def _malformed(source: str, problem: str) -> ConfigError:
-    return ConfigError(f"{source} is not a {problem}")
-
-
-def _annotation_choices(annotation: dict[str, Any], where: str) -> list[str]:
-    results = annotation.get("result", [])
-    if not isinstance(results, list):
-        raise ConfigError(f"{where}: 'result' is not a list")
-    chosen: list[str] = []
-    others = set()
-    for item in results:
-        if not isinstance(item, dict) or item.get("type") != "choices":
-            continue
-        if item.get("from_name") != LS_CHOICES:
-            others.add(str(item.get("from_name")))
-            continue
-        choices = (item.get("value") or {}).get("choices")
-        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-            raise ConfigError(f"{where}: value.choices is not a list of class names")
-        chosen += choices
-    if others and not chosen:
-        # A renamed control would otherwise read as "no class at all".
-        raise ConfigError(
-            f"{where}: choices come from {sorted(others)}, not the {LS_CHOICES!r} control of "
-            "the labeling config label-export wrote"
-        )
-    return list(dict.fromkeys(chosen))
-
-
-def read_label_studio(text: str, source: str) -> Decisions:
-    """The decisions in a Label Studio JSON export (see the module docstring)."""
-    try:
-        tasks = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _malformed(source, f"Label Studio JSON export: {error}") from None
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-        raise _malformed(source, "Label Studio JSON export (a list of tasks)")
-    decisions: Decisions = {}
-    for number, task in enumerate(tasks):
-        where = f"{source}: task {task.get('id', f'#{number}')}"
-        data = task.get("data")
-        image_id = data.get("cdul_id") if isinstance(data, dict) else None
-        if not isinstance(image_id, str):
-            raise ConfigError(f"{where} has no data.cdul_id (not a task label-export wrote)")
-        annotations = task.get("annotations") or []
-        if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
-            raise ConfigError(f"{where}: 'annotations' is not a list of annotations")
-        kept = [(a.get("updated_at") or a.get("created_at") or "", k, a)
-                for k, a in enumerate(annotations) if not a.get("was_cancelled")]  # fmt: skip
-        if not kept:
-            continue
-        if image_id in decisions:
-            raise ConfigError(f"{where}: image {image_id!r} is annotated in two tasks")
-        decisions[image_id] = _annotation_choices(max(kept, key=lambda t: t[:2])[2], where)
-    return decisions
-
-
-def read_csv(text: str, source: str) -> Decisions:
-    """Every row of an edited label-export CSV (filtered to changed rows later)."""
-    id_column, labels_column = CSV_COLUMNS[0], CSV_COLUMNS[2]
-    decisions: Decisions = {}
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        needed = [c for c in (id_column, labels_column) if c not in (reader.fieldnames or [])]
-        if needed:
-            raise _malformed(source, f"label-export CSV: no {', '.join(needed)} column")
-        for number, row in enumerate(reader, start=2):
-            image_id, labels = row[id_column], row[labels_column] or ""
-            if not image_id:
-                raise ConfigError(f"{source}: line {number} has no image_id")
-            if image_id in decisions:
-                raise ConfigError(f"{source}: image {image_id!r} has two rows")
-            names = [name.strip() for name in labels.split(CSV_SEPARATOR)]
-            decisions[image_id] = list(dict.fromkeys(name for name in names if name))
-    except csv.Error as error:
-        raise _malformed(source, f"readable CSV: {error}") from None
-    return decisions
-
-
-@dataclass(frozen=True)
-class Reader:
-    read: Callable[[str, str], Decisions]
-    explicit: bool
-    """Each decision is a reviewer's (an annotation); otherwise only those that differ
-    from the run's labels count as reviewed (a CSV row has no "reviewed" mark)."""
-
-
-#: --format -> reader. A new review source is one entry here.
-READERS: dict[str, Reader] = {
-    "label-studio": Reader(read_label_studio, explicit=True),
-    "csv": Reader(read_csv, explicit=False),
-}
+from cdul.core.version import code_version
+from cdul.labels.export import location_store
+from cdul.labels.formats import READABLE, Decisions, guess_format
+from cdul.labels.merge import describe, merge_run
+from cdul.labels.reading import LabelReading, over_threshold
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,17 +55,8 @@ class ImportConfig(LabelReading):
     output: str
     format: str | None = setting(
         None, "the reviewed file's format (default: from its name, else its contents)",
-        choices=tuple(READERS),
+        choices=tuple(READABLE),
     )  # fmt: skip
-
-
-def guess_format(name: str, text: str) -> str:
-    lowered = name.lower()
-    if lowered.endswith(".csv"):
-        return "csv"
-    if lowered.endswith(".json"):
-        return "label-studio"
-    return "label-studio" if text.lstrip().startswith("[") else "csv"
 
 
 @dataclass
@@ -200,9 +77,11 @@ class Review:
 
 
 def apply_review(
-    labels: PseudoLabels, decisions: Decisions, config: ImportConfig, explicit: bool
+    labels: PseudoLabels, decisions: Decisions, config: ImportConfig, marked: bool
 ) -> Review:
-    """The run's ``config.vector`` with the decisions in; refuses unknown ids or classes."""
+    """The run's ``config.vector`` with the decisions in; refuses unknown ids or classes.
+    ``marked``: each decision is a reviewer's; otherwise only those that change a row's
+    labels count as reviewed."""
     source = config.reviewed
     position = {image_id: i for i, image_id in enumerate(labels.ids)}
     strangers = [image_id for image_id in decisions if image_id not in position]
@@ -223,7 +102,7 @@ def apply_review(
     for image_id, chosen in decisions.items():
         i = position[image_id]
         had = {labels.classes[j] for j in before[i].nonzero()[0]}
-        if not explicit and set(chosen) == had:
+        if not marked and set(chosen) == had:
             continue
         vector[i] = 0.0
         vector[i, [index[c] for c in chosen]] = 1.0
@@ -262,11 +141,12 @@ def import_review(config: ImportConfig) -> Imported:
     try:
         text = raw.decode("utf-8-sig")  # a spreadsheet's CSV may start with a BOM
     except UnicodeDecodeError:
-        raise _malformed(config.reviewed, "UTF-8 text file") from None
-    name = config.format or guess_format(key, text)
-    reader = READERS[name]
+        raise ConfigError(f"{config.reviewed} is not a UTF-8 text file") from None
+    fmt = READABLE[config.format] if config.format else guess_format(key, text)
+    assert fmt.read is not None  # READABLE holds the formats with a reader
+    name = fmt.name
     labels = read_pseudo_labels(source)
-    review = apply_review(labels, reader.read(text, config.reviewed), config, reader.explicit)
+    review = apply_review(labels, fmt.read(text, config.reviewed), config, fmt.reviewed)
     now = datetime.datetime.now(datetime.UTC).isoformat()
     record = {
         "source": store.uri_for(key), "format": name, "run": source.uri,

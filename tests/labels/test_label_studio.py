@@ -14,11 +14,11 @@ import json
 import pytest
 import torch
 from support import label_studio
-from test_export import CLASSES, IDS, LABELS, do_export, run  # noqa: F401  (run: a fixture)
+from support.labels_run import CLASSES, IDS, LABELS, do_export
 
 from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.storage import open_store
-from cdul.labeler.review import ImportConfig, import_review
+from cdul.labels.import_ import ImportConfig, import_review
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 
-def test_label_studio_takes_the_export_and_its_review_comes_back(run, tmp_path):  # noqa: F811
+def test_label_studio_takes_the_export_and_its_review_comes_back(run, tmp_path):
     tasks_file = do_export(run, "label-studio", "tasks.json", image_root=str(run["images"]))
     xml = tasks_file.with_suffix(".xml").read_text()
     tasks = json.loads(tasks_file.read_text())

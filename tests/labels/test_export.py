@@ -6,67 +6,22 @@ import io
 import json
 import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from urllib.parse import unquote
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from support.labels_run import CLASSES, FINAL, IDS, LABELS, do_export
 
 from cdul import cli
 from cdul.core.errors import ConfigError
-from cdul.core.pseudo_labels import (
-    MANIFEST,
-    LabelManifest,
-    merge_shards,
-    read_pseudo_labels,
-    to_table,
-    write_shard,
-)
+from cdul.core.pseudo_labels import MANIFEST, read_pseudo_labels
 from cdul.core.storage import open_store
-from cdul.labeler.export import (
-    ExportConfig,
-    Exported,
-    export,
-    write_fiftyone,
-    write_label_studio,
-)
-from cdul.labeler.review import ImportConfig, import_review
-
-# A class name XML must escape, to see the labeling config stay well-formed.
-CLASSES = ["cat", "dog", 'fish & "chips" <x>']
-IDS = ["a.png", "b.png", "sub/c d.png"]
-FINAL = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.49, 0.7], [0.05, 0.3, 0.2]])
-# 0.5 == the default threshold: a label (>=). 0.49: not.
-LABELS = [["cat", "dog"], [CLASSES[2]], []]
-
-
-@pytest.fixture
-def run(tmp_path) -> dict:
-    """A merged one-shard run of three folder images with the scores above."""
-    images = tmp_path / "images"
-    for image_id in IDS:
-        (images / image_id).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 8), (10, 20, 30)).save(images / image_id)
-    g = torch.Generator().manual_seed(0)
-    vectors = {name: torch.rand(3, 3, generator=g) for name in ("global", "alpha", "beta")}
-    vectors |= {"aggregate": torch.rand(3, 3, generator=g), "final": FINAL.clone()}
-    manifest = LabelManifest(
-        dataset=f"folder:{images}", classes=list(CLASSES), template="a photo of a {}",
-        clip_model="cdul-tiny-rn", clip_pretrained="/m.pt", snippet_spec="grid:2x2", zeta=0.5,
-        num_shards=1, code_version="test", created="2024-01-01T00:00:00+00:00", shard_index=0,
-    )  # fmt: skip
-    uri = f"file://{tmp_path}/run"
-    truth = torch.tensor([[1.0, 1, 0], [0, 0, 1], [0, 1, 0]])
-    write_shard(open_store(uri), manifest, to_table(IDS, vectors, truth))
-    merge_shards(open_store(uri))
-    return {"uri": uri, "images": images, "tmp": tmp_path, "vectors": vectors}
-
-
-def do_export(run: dict, fmt: str, out: str, **options) -> Path:
-    export(ExportConfig(run=run["uri"], output=str(run["tmp"] / out), format=fmt, **options))
-    return run["tmp"] / out
+from cdul.labels.export import ExportConfig
+from cdul.labels.formats import Exported
+from cdul.labels.formats.fiftyone import write_fiftyone
+from cdul.labels.formats.label_studio import write_label_studio
+from cdul.labels.import_ import ImportConfig, import_review
 
 
 def test_csv_one_row_per_image_with_labels_and_scores(run):
@@ -268,24 +223,3 @@ def test_import_refuses_the_run_itself_or_a_run_with_labels(run, capsys):
     assert open_store(f"file://{run['tmp']}/second").exists(MANIFEST)
     assert cli.main([*argv, f"file://{run['tmp']}/second"]) == 2
     assert "already holds pseudo labels" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_export_a_real_labeled_run(make_config, world_root, tmp_path):
-    from cdul.labeler.job import label
-
-    uri = f"file://{tmp_path}/run"
-    label(make_config(uri, limit=6))
-    out = tmp_path / "tasks.json"
-    export(ExportConfig(run=uri, output=str(out), format="label-studio",
-                        image_root=str(world_root), threshold=0.2))  # fmt: skip
-    tasks = json.loads(out.read_text())
-    assert len(tasks) == 6
-    for task in tasks:
-        relative = unquote(task["data"]["image"].removeprefix("/data/local-files/?d="))
-        assert relative == f"JPEGImages/{task['data']['cdul_id']}.jpg"
-        assert (world_root / relative).is_file()
-    assert any(task["predictions"][0]["result"] for task in tasks)
-    export(ExportConfig(run=uri, output=str(tmp_path / "fo.json"), format="fiftyone"))
-    paths = json.loads((tmp_path / "fo.json").read_text())["labels"]
-    assert len(paths) == 6 and all(Path(p).is_file() for p in paths)

@@ -1,0 +1,111 @@
+"""``cdul label-export RUN --format F -o OUT``: a run's pseudo labels for people and tools.
+
+A class is a label of an image when its score (on ``--vector``, default ``final``) is at
+least ``--threshold``: a score equal to the threshold is a label, the side
+:func:`cdul.core.evaluation.best_f1_threshold` uses too. Scores are written as the
+shortest decimal that reads back as the stored float32, so the file and the decision
+agree. The formats are the registry :data:`cdul.labels.formats.FORMATS` (csv, json,
+label-studio, fiftyone: each module's docstring says its layout).
+
+Image paths are the dataset's (``--images SPEC`` when it moved since labeling), local
+ones made absolute; the rows are matched to the images as ``cdul train RUN SPEC``
+matches them (:func:`cdul.labels.matching.match_images`), so an export lists exactly
+the images the trainer learns from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+from cdul.core.datasets import SPEC_FORMS
+from cdul.core.errors import ConfigError
+from cdul.core.pseudo_labels import read_pseudo_labels
+from cdul.core.settings import add_flags, from_args, setting
+from cdul.core.storage import ObjectStore, open_store
+from cdul.labels.formats import FORMATS, Exported
+from cdul.labels.formats.base import absolute_path
+from cdul.labels.formats.label_studio import LOCAL_FILES_PREFIX
+from cdul.labels.matching import images_spec, match_images
+from cdul.labels.reading import LabelReading
+
+
+def location_store(location: str) -> tuple[ObjectStore, str]:
+    """The store holding a file (``out/a.csv``, ``file:///x/a.csv``) or an object
+    (``s3://bucket/dir/a.csv``), and its key there: every read and write of an export
+    goes through the storage layer (atomic writes, S3 with its retries)."""
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme == "file":
+        path = os.path.abspath(rest if sep else location)
+        return open_store(os.path.dirname(path)), os.path.basename(path)
+    parent, _, name = location.rstrip("/").rpartition("/")
+    if not name or "/" not in rest.rstrip("/"):
+        raise ConfigError(f"{location!r} names no object (expected {scheme}://BUCKET/KEY)")
+    return open_store(parent), name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(LabelReading):
+    run: str
+    output: str
+    format: str = setting("csv", "output format", choices=tuple(FORMATS))
+    images: str | None = setting(
+        None, "dataset spec to take image paths from (default: the run's own dataset)",
+        metavar="SPEC",
+    )  # fmt: skip
+    image_root: str | None = setting(
+        None, "label-studio: the directory Label Studio serves local files from "
+        "(its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); images must lie below it",
+        metavar="DIR",
+    )  # fmt: skip
+    image_url_prefix: str = setting(
+        LOCAL_FILES_PREFIX,
+        "label-studio: an image's URL is this + its URL-quoted path below --image-root",
+    )
+    config_out: str | None = setting(
+        None, "label-studio: where the labeling config goes (default: OUT with .xml)",
+        metavar="PATH",
+    )  # fmt: skip
+
+
+def load(config: ExportConfig) -> Exported:
+    """Read the run and find each labeled image's path in its dataset."""
+    labels = read_pseudo_labels(open_store(config.run))
+    matched = match_images(labels, images_spec(labels, config.images), config.run)
+    paths = [absolute_path(path) for path in matched.paths()]
+    return Exported(config.run, labels, config.vector, config.threshold, paths)
+
+
+def export(config: ExportConfig) -> tuple[Exported, list[str]]:
+    """Write the export; return what was exported and the locations written."""
+    exported = load(config)
+    files = FORMATS[config.format].write(exported, config)
+    for location, text in files.items():
+        store, key = location_store(location)
+        store.write_text(key, text)
+    return exported, list(files)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="the run URI (s3://BUCKET/RUN or file://DIR)")
+    parser.add_argument("-o", "--output", required=True, help="the file (or s3:// object) to write")
+    add_flags(parser, ExportConfig)
+    parser.epilog = f"--images takes {' | '.join(SPEC_FORMS)}"
+
+
+def run(args: argparse.Namespace) -> int:
+    config = from_args(ExportConfig, args)
+    exported, written = export(config)
+    count = int(exported.chosen.sum())
+    print(
+        f"wrote {', '.join(written)}: {len(exported.labels)} images, {count} labels with "
+        f"{config.vector} >= {config.threshold} ({config.format})"
+    )
+    if config.format == "label-studio":
+        print(
+            "import the tasks into a project whose labeling config is the .xml; local images "
+            "need LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and a Local Files source "
+            "storage under LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
+        )
+    return 0

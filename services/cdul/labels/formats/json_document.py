@@ -1,0 +1,38 @@
+"""``json``: ``{"run", "dataset", "vector", "threshold", "rule", "classes", "images":
+[{"image_id", "path", "labels": [...], "scores": {class: score}}]}``."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from cdul.labels.formats.base import Exported, LabelFormat
+
+if TYPE_CHECKING:
+    from cdul.labels.export import ExportConfig
+
+
+def json_text(value: Any) -> str:
+    """The export's JSON style: indented, UTF-8 kept, a final newline."""
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_json(exported: Exported, config: ExportConfig) -> dict[str, str]:
+    classes = exported.classes
+    document = {
+        "run": exported.run,
+        "dataset": exported.labels.manifest.dataset,
+        "vector": exported.vector,
+        "threshold": exported.threshold,
+        "rule": "a class is a label when its score >= threshold",
+        "classes": classes,
+        "images": [
+            {"image_id": row.image_id, "path": row.path, "labels": row.labels,
+             "scores": dict(zip(classes, row.scores, strict=True))}
+            for row in exported.rows()
+        ],
+    }  # fmt: skip
+    return {config.output: json_text(document)}
+
+
+FORMAT = LabelFormat("json", write_json)
