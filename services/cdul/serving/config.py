@@ -62,8 +62,8 @@ class ClassifierConfig:
     """How to rebuild and feed the classifier (see the module docstring); its settings
     are ``cdul archive``'s flags."""
 
-    classes: tuple[str, ...]
     arch: str = setting("resnet101", "the classifier's architecture", choices=SUPPORTED_ARCHS)
+    classes: tuple[str, ...]  # kw_only: a field without a default may follow; order = JSON's
     image_size: int = setting(224, "side of the square the trainer's evaluation resized images to")
     mean: tuple[float, float, float] = setting(
         IMAGENET_MEAN, "normalisation mean R,G,B (default: ImageNet's)", type=rgb,
