@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import torch
-from support.labels_run import CLASSES, FINAL, IDS, LABELS, do_export
+from support.labels_run import CLASSES, FINAL, IDS, LABEL_FREE, LABELS, THRESHOLDS, do_export
 
 from cdul import cli
 from cdul.core.errors import ConfigError
@@ -22,10 +22,11 @@ from cdul.labels.formats import Exported
 from cdul.labels.formats.fiftyone import write_fiftyone
 from cdul.labels.formats.label_studio import write_label_studio
 from cdul.labels.import_ import ImportConfig, import_review
+from cdul.labels.reading import Thresholds
 
 
 def test_csv_one_row_per_image_with_labels_and_scores(run):
-    rows = list(csv.reader(do_export(run, "csv", "labels.csv").open(newline="")))
+    rows = list(csv.reader(do_export(run, "csv", "labels.csv", threshold=0.5).open(newline="")))
     assert rows[0] == ["image_id", "path", "labels", *CLASSES]
     for row, image_id, labels, scores in zip(rows[1:], IDS, LABELS, FINAL, strict=True):
         assert row[0] == image_id and row[1] == str(run["images"] / image_id)
@@ -35,9 +36,13 @@ def test_csv_one_row_per_image_with_labels_and_scores(run):
 
 
 def test_json_header_and_images(run):
-    doc = json.loads(do_export(run, "json", "labels.json", vector="global").read_text())
+    doc = json.loads(
+        do_export(run, "json", "labels.json", vector="global", threshold=0.5).read_text()
+    )
     assert doc["run"] == run["uri"] and doc["dataset"] == f"folder:{run['images']}"
-    assert (doc["vector"], doc["threshold"], doc["classes"]) == ("global", 0.5, CLASSES)
+    assert (doc["vector"], doc["classes"]) == ("global", CLASSES)
+    assert doc["thresholds"] == dict.fromkeys(CLASSES, 0.5)
+    assert doc["threshold_source"] == "--threshold 0.5"
     glob = run["vectors"]["global"]
     for entry, image_id, scores in zip(doc["images"], IDS, glob, strict=True):
         assert entry["image_id"] == image_id and entry["path"] == str(run["images"] / image_id)
@@ -49,7 +54,8 @@ def test_json_header_and_images(run):
 
 
 def test_label_studio_tasks_and_labeling_config(run):
-    out = do_export(run, "label-studio", "tasks.json", image_root=str(run["images"]))
+    out = do_export(run, "label-studio", "tasks.json", image_root=str(run["images"]),
+                    threshold=0.5)  # fmt: skip
     tasks = json.loads(out.read_text())
     assert [t["data"]["cdul_id"] for t in tasks] == IDS
     assert tasks[2]["data"]["image"] == "/data/local-files/?d=sub/c%20d.png"
@@ -88,20 +94,22 @@ def test_label_studio_image_urls(run, tmp_path):
     # Remote images pass as they are (Label Studio presigns s3:// via a source storage).
     config = ExportConfig(run="r", output=str(tmp_path / "s3.json"), format="label-studio")
     labels = read_pseudo_labels(open_store(run["uri"]))
-    s3 = Exported("r", labels, "final", 0.5, [f"s3://bucket/{i}" for i in IDS])
+    at_half = Thresholds(torch.full((3,), 0.5), "0.5")
+    s3 = Exported("r", labels, "final", at_half, [f"s3://bucket/{i}" for i in IDS])
     tasks = json.loads(write_label_studio(s3, config)[str(tmp_path / "s3.json")])
     assert tasks[2]["data"]["image"] == "s3://bucket/sub/c d.png"
 
 
 def test_fiftyone_multilabel_classification_json(run):
-    doc = json.loads(do_export(run, "fiftyone", "labels.json").read_text())
+    doc = json.loads(do_export(run, "fiftyone", "labels.json", threshold=0.5).read_text())
     assert doc["classes"] == CLASSES
     assert list(doc["labels"]) == [str(run["images"] / i) for i in IDS]
     targets = list(doc["labels"].values())
     assert targets[0] == [{"label": 0, "confidence": 0.9}, {"label": 1, "confidence": 0.5}]
     assert targets[1] == [{"label": 2, "confidence": 0.7}] and targets[2] == []
     labels = read_pseudo_labels(open_store(run["uri"]))
-    remote = Exported("r", labels, "final", 0.5, [f"s3://b/{i}" for i in IDS])
+    remote = Exported("r", labels, "final", Thresholds(torch.full((3,), 0.5), "0.5"),
+                      [f"s3://b/{i}" for i in IDS])  # fmt: skip
     with pytest.raises(ConfigError, match="FiftyOne reads images from local files"):
         write_fiftyone(remote, ExportConfig(run="r", output="x.json", format="fiftyone"))
 
@@ -141,13 +149,13 @@ def test_label_studio_round_trip_into_what_the_trainer_reads(run, capsys):
 
     tmp = run["tmp"]
     images = str(run["images"])
-    assert cli.main(["label-export", run["uri"], "--format", "label-studio",
+    assert cli.main(["label-export", run["uri"], "--format", "label-studio", "--threshold", "0.5",
                      "--image-root", images, "-o", str(tmp / "tasks.json")]) == 0  # fmt: skip
     tasks = json.loads((tmp / "tasks.json").read_text())
     (tmp / "export.json").write_text(json.dumps(reviewed_tasks(tasks)))
     new = f"file://{tmp}/reviewed"
     assert cli.main(["label-import", str(tmp / "export.json"), "--run", run["uri"],
-                     "-o", new]) == 0  # fmt: skip
+                     "--threshold", "0.5", "-o", new]) == 0  # fmt: skip
     assert "1 image(s) reviewed (label-studio), 1 changed: +0 -1" in capsys.readouterr().out
     before, after = read_pseudo_labels(open_store(run["uri"])), read_pseudo_labels(open_store(new))
     assert after.ids == IDS and after.manifest.shards == ["shard-00000-of-00001"]
@@ -168,7 +176,7 @@ def test_label_studio_round_trip_into_what_the_trainer_reads(run, capsys):
 
 
 def test_csv_round_trip_takes_the_edited_rows(run):
-    out = do_export(run, "csv", "labels.csv")
+    out = do_export(run, "csv", "labels.csv", threshold=0.5)
     rows = list(csv.reader(out.open(newline="")))
     rows[2][2] = "cat;dog"  # b.png: fish -> cat, dog
     rows[3][2] = ""  # sub/c d.png: none, as exported: unchanged
@@ -178,7 +186,9 @@ def test_csv_round_trip_takes_the_edited_rows(run):
     edited = run["tmp"] / "edited.csv"
     edited.write_text("\ufeff" + buffer.getvalue())  # as a spreadsheet saves it
     new = f"file://{run['tmp']}/reviewed"
-    result = import_review(ImportConfig(reviewed=str(edited), run=run["uri"], output=new))
+    result = import_review(
+        ImportConfig(reviewed=str(edited), run=run["uri"], output=new, threshold=0.5)
+    )
     assert result.review.reviewed == ["b.png"]
     assert result.record["changed"] == [
         {"image_id": "b.png", "added": ["cat", "dog"], "removed": [CLASSES[2]]}
@@ -223,3 +233,53 @@ def test_import_refuses_the_run_itself_or_a_run_with_labels(run, capsys):
     assert open_store(f"file://{run['tmp']}/second").exists(MANIFEST)
     assert cli.main([*argv, f"file://{run['tmp']}/second"]) == 2
     assert "already holds pseudo labels" in capsys.readouterr().err
+
+
+def test_by_default_each_class_has_the_runs_label_free_threshold(run, capsys):
+    # Stored at merge (the manifest), used by every format, named in the JSON.
+    manifest = read_pseudo_labels(open_store(run["uri"])).manifest
+    assert manifest.threshold_rule == "otsu"
+    assert manifest.thresholds["final"] == pytest.approx(THRESHOLDS)
+    doc = json.loads(do_export(run, "json", "labels.json").read_text())
+    assert doc["thresholds"] == dict(zip(CLASSES, THRESHOLDS, strict=True))
+    assert doc["threshold_source"] == "the run's label-free (otsu)"
+    assert [entry["labels"] for entry in doc["images"]] == LABEL_FREE
+    rows = list(csv.reader(do_export(run, "csv", "labels.csv").open(newline="")))
+    assert [row[2].split(";") if row[2] else [] for row in rows[1:]] == LABEL_FREE
+    assert cli.main(["label-export", run["uri"], "-o", str(run["tmp"] / "l.csv")]) == 0
+    assert "4 labels with final >= each class's threshold" in capsys.readouterr().out
+
+
+def test_a_thresholds_file_per_class(run):
+    (run["tmp"] / "t.json").write_text(json.dumps({"cat": 0.95, "dog": 0.0, CLASSES[2]: None}))
+    doc = json.loads(do_export(run, "json", "a.json", thresholds=str(run["tmp"] / "t.json"))
+                     .read_text())  # fmt: skip
+    assert [entry["labels"] for entry in doc["images"]] == [["dog"], ["dog"], ["dog"]]
+    assert doc["thresholds"] == {"cat": 0.95, "dog": 0.0, CLASSES[2]: None}  # null: never
+    with (run["tmp"] / "t.csv").open("w", newline="") as out:  # the fish's name quoted
+        csv.writer(out).writerows([["class", "threshold"], *([c, "0.5"] for c in CLASSES)])
+    doc = json.loads(do_export(run, "json", "b.json", thresholds=str(run["tmp"] / "t.csv"))
+                     .read_text())  # fmt: skip
+    assert [entry["labels"] for entry in doc["images"]] == LABELS
+
+
+FISH = CLASSES[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (json.dumps({"cat": 0.5, "dog": 0.5}), r"missing \['fish"),
+        (json.dumps({"cat": 0.5, "dog": 0.5, FISH: 0.5, "cow": 0.5}), r"unknown \['cow'\]"),
+        (json.dumps({"cat": 1.5, "dog": 0.5, FISH: 0.5}), r"'cat': 1.5 is outside \[0, 1\]"),
+        (json.dumps({"cat": "high", "dog": 0.5, FISH: 0.5}), "'high' is not a number"),
+        ("{not json", "is not JSON"),
+        ("cat;0.5\n", "expected CSV lines 'class,threshold'"),
+    ],
+)
+def test_bad_thresholds_files_are_refused(run, text, message):
+    (run["tmp"] / "t.txt").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        do_export(run, "csv", "x.csv", thresholds=str(run["tmp"] / "t.txt"))
+    with pytest.raises(ConfigError, match="not both"):
+        ExportConfig(run="r", output="o", threshold=0.5, thresholds="t.json")

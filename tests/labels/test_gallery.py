@@ -6,6 +6,7 @@ where chromium is installed."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from cdul.labels.gallery.command import write_gallery
 from cdul.labels.gallery.model import GalleryConfig
 from cdul.labels.merge import merge_run
 from cdul.labels.report import format_rows, rows_for
-from cdul.labels.stats import FIRES_ON_ALMOST_ALL, NEVER_FIRES, StatsConfig, class_stats
+from cdul.labels.stats import FIRES_ON_ALMOST_ALL, NEVER_FIRES, class_stats
 
 NAME = 'a<b&"c"'  # every character HTML must escape
 CLASSES = [NAME, "dog", "cat"]
@@ -115,8 +116,8 @@ def assert_self_contained(folder: Path) -> None:
 
 
 def test_class_stats_match_hand_worked_values():
-    a, dog, cat = class_stats(FINAL, CLASSES, StatsConfig())
-    assert (a.fires, a.share, a.flag) == (3, 0.75, None)
+    a, dog, cat = class_stats(FINAL, CLASSES, torch.full((3,), 0.5), 0.9)
+    assert (a.fires, a.share, a.flag, a.threshold) == (3, 0.75, None, 0.5)
     assert a.mean == pytest.approx(0.65)
     # sorted 0.35 0.55 0.75 0.95: q1 at position 0.75 -> 0.35 + 0.75 * 0.2 = 0.5
     assert a.quartiles == pytest.approx((0.35, 0.5, 0.65, 0.8, 0.95))
@@ -127,10 +128,12 @@ def test_class_stats_match_hand_worked_values():
     assert (cat.fires, cat.share, cat.flag) == (4, 1.0, FIRES_ON_ALMOST_ALL)
     assert cat.quartiles == pytest.approx((0.55, 0.625, 0.75, 0.875, 0.95))
     # A score equal to the threshold fires; 3 of 4 is not "almost everything".
-    a, dog, cat = class_stats(FINAL, CLASSES, StatsConfig(threshold=0.55))
+    a, dog, cat = class_stats(FINAL, CLASSES, torch.full((3,), 0.55), 0.9)
     assert (a.fires, dog.fires, cat.fires, cat.flag) == (3, 0, 4, FIRES_ON_ALMOST_ALL)
-    a, dog, cat = class_stats(FINAL, CLASSES, StatsConfig(threshold=0.6))
+    a, dog, cat = class_stats(FINAL, CLASSES, torch.tensor([0.6, 0.6, 0.6]), 0.9)
     assert (a.fires, cat.fires, cat.flag) == (2, 3, None)
+    a, dog, cat = class_stats(FINAL, CLASSES, torch.tensor([0.6, math.inf, 0.6]), 0.9)
+    assert (dog.fires, dog.flag) == (0, NEVER_FIRES)
 
 
 def report_rows(text: str) -> dict[str, list[str]]:
@@ -145,7 +148,20 @@ def report_rows(text: str) -> dict[str, list[str]]:
 
 
 def test_report_without_ground_truth_prints_hand_worked_numbers(folder_run, capsys):
+    # By default each class at the run's label-free threshold, Otsu's, by hand:
+    #   a<b  0.35 0.55 | 0.75 0.95  (1/4) (0.45 - 0.85)^2 = 0.04 beats 0.03 either side
+    #   dog  0.05 0.15 0.25 | 0.45  (3/16) (0.15 - 0.45)^2 = 0.0169 beats 0.0156, 0.0102
+    #   cat  0.55 0.65 | 0.85 0.95  (1/4) (0.6 - 0.9)^2 = 0.0225 beats 0.0133 either side
     assert cli.main(["label-report", folder_run["uri"]]) == 0
+    out = capsys.readouterr().out
+    assert "a class fires at >= its threshold (the run's label-free (otsu))" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert [lines[c][1:3] for c in ("a<b&\"c\"", "dog", "cat")] == [
+        ["0.750", "2"], ["0.450", "1"], ["0.850", "2"]
+    ]  # fmt: skip
+    assert "1.25 labels per image" in out and "0 class(es) flagged" in out  # 5 on 4 images
+    # At one threshold, 0.5: the numbers worked out at the top of this file.
+    assert cli.main(["label-report", folder_run["uri"], "--threshold", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "no ground truth" in out and "snippets " not in out  # no row of dashes
     rows = report_rows(out)
@@ -162,7 +178,8 @@ def test_report_without_ground_truth_prints_hand_worked_numbers(folder_run, caps
     rows = report_rows(capsys.readouterr().out)
     assert (rows[NAME][:2], rows["cat"][:2], rows["cat"][9]) == (["2", "50.0%"], ["3", "75.0%"], "")
     # global is FINAL / 2 here: nothing reaches 0.5.
-    assert cli.main(["label-report", folder_run["uri"], "--vector", "global"]) == 0
+    assert cli.main(["label-report", folder_run["uri"], "--vector", "global",
+                     "--threshold", "0.5"]) == 0  # fmt: skip
     rows = report_rows(capsys.readouterr().out)
     assert all(row[0] == "0" and row[9].startswith(NEVER_FIRES) for row in rows.values())
 
@@ -185,7 +202,7 @@ def test_gallery_without_ground_truth(folder_run, capsys):
     # p3 was labeled, then damaged: it must get a placeholder and a note, not a crash.
     (folder_run["images"] / "p3.png").write_bytes(b"not an image any more")
     out = folder_run["tmp"] / "gallery"
-    index = gallery(folder_run["uri"], out)
+    index = gallery(folder_run["uri"], out, "--threshold", "0.5")
     assert "1 image(s) could not be read" in capsys.readouterr().out
     pages = sorted(p.name for p in out.glob("*.html"))
     assert pages == ["class-000.html", "class-001.html", "class-002.html", "index.html"]
@@ -201,7 +218,8 @@ def test_gallery_without_ground_truth(folder_run, capsys):
     ):
         assert text in index
     # The hand-worked numbers, the flags, the sorted-score plots (one per class).
-    assert "3 of 4 at or over 0.5 (75.0%); mean 0.650, quartiles 0.500 / 0.650 / 0.800" in index
+    assert ("3 of 4 at or over its threshold 0.5 (75.0%); mean 0.650, quartiles 0.500 / 0.650 / "
+            "0.800") in index  # fmt: skip
     assert "never fires: a sign of a bad class name or template" in index
     assert "fires on almost everything (&gt; 90% of images)" in index
     assert index.count("<polyline") == 3

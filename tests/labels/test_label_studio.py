@@ -32,7 +32,8 @@ pytestmark = [
 
 
 def test_label_studio_takes_the_export_and_its_review_comes_back(run, tmp_path):
-    tasks_file = do_export(run, "label-studio", "tasks.json", image_root=str(run["images"]))
+    tasks_file = do_export(run, "label-studio", "tasks.json", image_root=str(run["images"]),
+                           threshold=0.5)  # fmt: skip
     xml = tasks_file.with_suffix(".xml").read_text()
     tasks = json.loads(tasks_file.read_text())
     workdir = tmp_path / "label-studio"
@@ -66,7 +67,7 @@ def test_label_studio_takes_the_export_and_its_review_comes_back(run, tmp_path):
     reviewed.write_text(json.dumps(export))
 
     new = f"file://{tmp_path}/reviewed-run"
-    import_review(ImportConfig(reviewed=str(reviewed), run=run["uri"], output=new))
+    import_review(ImportConfig(reviewed=str(reviewed), run=run["uri"], output=new, threshold=0.5))
     before = read_pseudo_labels(open_store(run["uri"]))
     after = read_pseudo_labels(open_store(new))
     assert after.ids == before.ids

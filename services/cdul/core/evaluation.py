@@ -1,4 +1,4 @@
-"""Multi-label evaluation: macro mAP and per-class average precision.
+"""Multi-label evaluation: macro mAP and per-class average precision; F1 of hard labels.
 
 Per-class AP is computed with torchmetrics (``MultilabelAveragePrecision`` inside a
 ``ClasswiseWrapper``), so each class's number is the standard one. Edge cases:
@@ -95,6 +95,48 @@ def evaluate(scores: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]
         positives=positives,
         num_images=int(scores.shape[0]),
         classes_without_positives=tuple(c for c in classes if positives[c] == 0),
+    )
+
+
+@dataclass(frozen=True)
+class LabelF1:
+    """Hard labels against ground truth: what a user of the labels gets, which mAP (a
+    ranking measure) does not show. A class's F1 is ``2 TP / (2 TP + FP + FN)``,
+    undefined (NaN, left out of the macro mean) for a class with neither a positive image
+    nor a predicted label; micro-F1 pools every (image, class) pair."""
+
+    macro_f1: float
+    micro_f1: float
+    labels_per_image: float
+    truth_per_image: float
+    per_class: dict[str, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "macro_f1": _defined(self.macro_f1),
+            "micro_f1": _defined(self.micro_f1),
+            "labels_per_image": self.labels_per_image,
+            "truth_per_image": self.truth_per_image,
+            "per_class_f1": {c: _defined(f) for c, f in self.per_class.items()},
+        }
+
+
+def label_f1(predicted: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]) -> LabelF1:
+    """F1 of the boolean ``(N, C)`` labels ``predicted`` against multi-hot ``targets``."""
+    classes = list(classes)
+    _check_inputs(predicted.float(), targets, classes)
+    hit, actual = predicted.bool(), targets > 0
+    true_pos = (hit & actual).sum(0).double()
+    wrong = (hit ^ actual).sum(0).double()  # false positives + false negatives
+    per = torch.where(2 * true_pos + wrong > 0, 2 * true_pos / (2 * true_pos + wrong), math.nan)
+    defined = per[~per.isnan()]
+    pooled = 2 * true_pos.sum() + wrong.sum()
+    return LabelF1(
+        macro_f1=float(defined.mean()) if len(defined) else math.nan,
+        micro_f1=float(2 * true_pos.sum() / pooled) if pooled > 0 else math.nan,
+        labels_per_image=float(hit.sum(1).double().mean()),
+        truth_per_image=float(actual.sum(1).double().mean()),
+        per_class={c: float(f) for c, f in zip(classes, per.tolist(), strict=True)},
     )
 
 

@@ -107,6 +107,11 @@ class LabelManifest:
     """CLIP's logit scale: stored cosines become probabilities with it (Eq. 2, 4)."""
     class_bias: list[float] | None = None
     """Merged runs whose recipe debiases: the per-class bias read labels are divided by."""
+    thresholds: dict[str, list[float | None]] | None = None
+    """Merged runs: per label vector, each class's label-free decision threshold (None:
+    the class never fires), by ``threshold_rule`` (:mod:`cdul.core.method.thresholds`)
+    on the vector as it is read; None in older runs (then computed on reading)."""
+    threshold_rule: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

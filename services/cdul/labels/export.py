@@ -1,8 +1,9 @@
 """``cdul label-export RUN --format F -o OUT``: a run's pseudo labels for people and tools.
 
 A class is a label of an image when its score (on ``--vector``, default ``final``) is at
-least ``--threshold``: a score equal to the threshold is a label, the side
-:func:`cdul.core.evaluation.best_f1_threshold` uses too. Scores are written as the
+least the class's threshold: the run's label-free one by default, ``--threshold T`` for
+one on every class, ``--thresholds FILE`` for a user's (:mod:`cdul.labels.reading`). A
+score equal to the threshold is a label. Scores are written as the
 shortest decimal that reads back as the stored float32, so the file and the decision
 agree. The formats are the registry :data:`cdul.labels.formats.FORMATS` (csv, json,
 label-studio, fiftyone: each module's docstring says its layout).
@@ -16,33 +17,17 @@ the images the trainer learns from.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 
 from cdul.core.datasets import SPEC_FORMS
-from cdul.core.errors import ConfigError
 from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.settings import add_flags, from_args, setting
-from cdul.core.storage import ObjectStore, open_store
+from cdul.core.storage import open_location, open_store
 from cdul.labels.formats import FORMATS, Exported
 from cdul.labels.formats.base import absolute_path
 from cdul.labels.formats.label_studio import LOCAL_FILES_PREFIX
 from cdul.labels.matching import images_spec, match_images
 from cdul.labels.reading import LabelReading
-
-
-def location_store(location: str) -> tuple[ObjectStore, str]:
-    """The store holding a file (``out/a.csv``, ``file:///x/a.csv``) or an object
-    (``s3://bucket/dir/a.csv``), and its key there: every read and write of an export
-    goes through the storage layer (atomic writes, S3 with its retries)."""
-    scheme, sep, rest = location.partition("://")
-    if not sep or scheme == "file":
-        path = os.path.abspath(rest if sep else location)
-        return open_store(os.path.dirname(path)), os.path.basename(path)
-    parent, _, name = location.rstrip("/").rpartition("/")
-    if not name or "/" not in rest.rstrip("/"):
-        raise ConfigError(f"{location!r} names no object (expected {scheme}://BUCKET/KEY)")
-    return open_store(parent), name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +59,8 @@ def load(config: ExportConfig) -> Exported:
     labels = read_pseudo_labels(open_store(config.run))
     matched = match_images(labels, images_spec(labels, config.images), config.run)
     paths = [absolute_path(path) for path in matched.paths()]
-    return Exported(config.run, labels, config.vector, config.threshold, paths)
+    thresholds = config.thresholds_for(labels)
+    return Exported(config.run, labels, config.vector, thresholds, paths)
 
 
 def export(config: ExportConfig) -> tuple[Exported, list[str]]:
@@ -82,7 +68,7 @@ def export(config: ExportConfig) -> tuple[Exported, list[str]]:
     exported = load(config)
     files = FORMATS[config.format].write(exported, config)
     for location, text in files.items():
-        store, key = location_store(location)
+        store, key = open_location(location)
         store.write_text(key, text)
     return exported, list(files)
 
@@ -100,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     count = int(exported.chosen.sum())
     print(
         f"wrote {', '.join(written)}: {len(exported.labels)} images, {count} labels with "
-        f"{config.vector} >= {config.threshold} ({config.format})"
+        f"{config.vector} >= each class's threshold ({exported.thresholds.source}; "
+        f"{config.format})"
     )
     if config.format == "label-studio":
         print(

@@ -5,7 +5,7 @@
 label-studio`` wrote, or ``csv``, an edited copy of label-export's CSV; each module
 says how it is read); ``--format``, else guessed from the name, else from the contents.
 A CSV row carries no "reviewed" mark, so a row counts as reviewed when its labels
-differ from the run's at ``--threshold`` on ``--vector`` (what label-export wrote with
+differ from the run's at its thresholds on ``--vector`` (what label-export wrote with
 the same options); other rows, and removed ones, keep their pseudo labels.
 
 ``NEW_RUN`` is the same pseudo-label artefact (one shard, merged, evaluated against
@@ -36,19 +36,19 @@ from cdul.core.pseudo_labels import (
     write_shard,
 )
 from cdul.core.settings import add_flags, from_args, setting
-from cdul.core.storage import ObjectStore, open_store
+from cdul.core.storage import ObjectStore, open_location, open_store
 from cdul.core.version import code_version
-from cdul.labels.export import location_store
 from cdul.labels.formats import READABLE, Decisions, guess_format
 from cdul.labels.merge import describe, merge_run
-from cdul.labels.reading import LabelReading, over_threshold
+from cdul.labels.reading import LabelReading, Thresholds, over_threshold
 
 
 @dataclass(frozen=True, kw_only=True)
 class ImportConfig(LabelReading):
     """``--vector``: the vector the review replaces (train on it: ``cdul train
-    --train-on``); ``--threshold``: the one label-export used (a CSV row counts as
-    reviewed when its labels differ from the run's at it; changes are counted against it)."""
+    --train-on``); the thresholds (the run's label-free ones, ``--threshold`` or
+    ``--thresholds``): those label-export used (a CSV row counts as reviewed when its
+    labels differ from the run's at them; changes are counted against them)."""
 
     reviewed: str
     run: str
@@ -61,11 +61,12 @@ class ImportConfig(LabelReading):
 
 @dataclass
 class Review:
-    """The reviewed vector and what changed, against the run's labels at the threshold."""
+    """The reviewed vector and what changed, against the run's labels at ``thresholds``."""
 
     vector: torch.Tensor
     reviewed: list[str]
     changed: list[dict[str, Any]]
+    thresholds: Thresholds
 
     def counts(self) -> dict[str, int]:
         return {
@@ -96,7 +97,8 @@ def apply_review(
         raise ConfigError(
             f"{source}: unknown class name(s) {unknown}; {config.run} has {labels.classes}"
         )
-    before = over_threshold(labels[config.vector], config.threshold)
+    thresholds = config.thresholds_for(labels)
+    before = over_threshold(labels[config.vector], thresholds.values)
     vector = labels[config.vector].clone()
     reviewed, changed = [], []
     for image_id, chosen in decisions.items():
@@ -111,7 +113,7 @@ def apply_review(
             added = [c for c in chosen if c not in had]
             removed = [c for c in labels.classes if c in had and c not in chosen]
             changed.append({"image_id": image_id, "added": added, "removed": removed})
-    return Review(vector, reviewed, changed)
+    return Review(vector, reviewed, changed, thresholds)
 
 
 def open_runs(config: ImportConfig) -> tuple[ObjectStore, ObjectStore]:
@@ -136,7 +138,7 @@ class Imported(NamedTuple):
 def import_review(config: ImportConfig) -> Imported:
     """Read, check, apply and write the review into the new run."""
     source, target = open_runs(config)
-    store, key = location_store(config.reviewed)
+    store, key = open_location(config.reviewed)
     raw = store.read_bytes(key)
     try:
         text = raw.decode("utf-8-sig")  # a spreadsheet's CSV may start with a BOM
@@ -150,7 +152,9 @@ def import_review(config: ImportConfig) -> Imported:
     now = datetime.datetime.now(datetime.UTC).isoformat()
     record = {
         "source": store.uri_for(key), "format": name, "run": source.uri,
-        "vector": config.vector, "threshold": config.threshold, "created": now,
+        "vector": config.vector, "created": now,
+        "thresholds": review.thresholds.to_json(list(labels.classes)),
+        "threshold_source": review.thresholds.source,
         **review.counts(), "reviewed": review.reviewed, "changed": review.changed,
     }  # fmt: skip
     manifest = LabelManifest.from_json(

@@ -19,9 +19,10 @@ import pyarrow as pa
 import torch
 
 from cdul.core.errors import StorageError
-from cdul.core.evaluation import Evaluation
 from cdul.core.method.recipes import debias
+from cdul.core.method.thresholds import DEFAULT_RULE
 from cdul.core.pseudo_labels import (
+    LABEL_VECTORS,
     MANIFEST,
     PREFIX,
     VECTORS,
@@ -36,7 +37,8 @@ from cdul.core.pseudo_labels import (
 )
 from cdul.core.settings import differences
 from cdul.core.storage import ObjectStore, open_store
-from cdul.labels.evaluation import evaluate_labels, store_evaluation, table
+from cdul.labels.evaluation import RunEvaluation, evaluate_labels, store_evaluation, table
+from cdul.labels.reading import label_free_thresholds, thresholds_to_json
 
 
 class ShardMergeError(StorageError):
@@ -70,6 +72,11 @@ def merge_shards(
     if bias is not None:  # the recipe's second pass: stored, and applied as reading applies it
         merged.class_bias = bias.tolist()
         labels.vectors["final"] = debias(labels["final"], torch.tensor(merged.class_bias))
+    # Each label vector's label-free thresholds, on the scores as they are read.
+    merged.threshold_rule = DEFAULT_RULE
+    merged.thresholds = {
+        name: thresholds_to_json(label_free_thresholds(labels[name])) for name in LABEL_VECTORS
+    }
     if evaluate is not None:
         merged.evaluation = evaluate(labels)
     store.write_json(MANIFEST, merged.to_json())
@@ -181,9 +188,9 @@ def _merged_manifest(manifests: list[LabelManifest], num_shards: int) -> LabelMa
 
 def merge_run(
     store: ObjectStore, num_shards: int | None = None
-) -> tuple[PseudoLabels, dict[str, Evaluation] | None]:
+) -> tuple[PseudoLabels, RunEvaluation | None]:
     """Merge, with the evaluation files written first where there is ground truth."""
-    results: dict[str, dict[str, Evaluation] | None] = {"value": None}
+    results: dict[str, RunEvaluation | None] = {"value": None}
 
     def annotate(labels: PseudoLabels) -> dict[str, object] | None:
         evaluation = evaluate_labels(labels)

@@ -1,13 +1,23 @@
 """Reading a run's scores as labels: the one rule every tool uses.
 
-:class:`LabelReading` is the pair of settings (which stored vector, which threshold)
-that the export, the review import, the gallery and the report share;
-:func:`over_threshold` is the one comparison of scores with a threshold;
-:func:`relabel` recomputes a run's labels with another recipe from what it stores.
+:class:`LabelReading` is the settings (which stored vector, which thresholds) that the
+export, the review import, the gallery and the report share; :func:`over_threshold` is
+the one comparison of scores with thresholds; :func:`relabel` recomputes a run's labels
+with another recipe from what it stores.
+
+Thresholds are per class. By default they are the run's own label-free ones (chosen at
+merge from the scores alone, :mod:`cdul.core.method.thresholds`, and stored in the
+manifest); ``--threshold T`` puts one threshold on every class, ``--thresholds FILE``
+reads a user's per-class file: JSON ``{"class": threshold, ...}`` (``null``: never a
+label) or CSV ``class,threshold`` lines (an optional header; an empty threshold: never).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,29 +25,138 @@ import torch
 
 from cdul.core.errors import ConfigError
 from cdul.core.method.recipes import LabelRecipe, debias
+from cdul.core.method.thresholds import DEFAULT_RULE, RULES
 from cdul.core.pseudo_labels import LABEL_VECTORS, PseudoLabels
 from cdul.core.settings import setting
+from cdul.core.storage import open_location
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-class decision thresholds ``(C,)`` (infinity: never a label), and where they
+    came from, for every report that shows labels."""
+
+    values: torch.Tensor
+    source: str
+
+    def text(self, c: int) -> str:
+        value = float(self.values[c])
+        return "never" if math.isinf(value) else f"{value:.3g}"
+
+    def to_json(self, classes: list[str]) -> dict[str, float | None]:
+        return dict(zip(classes, thresholds_to_json(self.values), strict=True))
+
+
+def thresholds_to_json(values: torch.Tensor) -> list[float | None]:
+    """``(C,)`` thresholds as JSON values: a float32-exact decimal each, None = never."""
+    return [None if math.isinf(v) else float(str(np.float32(v))) for v in values.tolist()]
+
+
+def thresholds_from_json(values: list[float | None]) -> torch.Tensor:
+    return torch.tensor([math.inf if v is None else float(v) for v in values])
+
+
+def label_free_thresholds(scores: torch.Tensor, rule: str = DEFAULT_RULE) -> torch.Tensor:
+    """``(C,)``: the label-free rule's thresholds of ``(N, C)`` scores (none for no images)."""
+    if scores.shape[0] == 0:
+        return torch.full((scores.shape[1],), math.inf)
+    return RULES[rule](scores)
+
+
+def run_thresholds(labels: PseudoLabels, vector: str) -> Thresholds:
+    """The run's label-free thresholds of ``vector``: stored at merge, or (a run merged
+    by an older version) computed now by the same rule."""
+    m = labels.manifest
+    stored = (m.thresholds or {}).get(vector)
+    if stored is not None and len(stored) == len(labels.classes):
+        values = thresholds_from_json(stored)
+        return Thresholds(values, f"the run's label-free ({m.threshold_rule})")
+    values = label_free_thresholds(labels[vector])
+    return Thresholds(values, f"label-free ({DEFAULT_RULE}, computed now)")
+
+
+def read_thresholds_file(location: str, classes: list[str]) -> torch.Tensor:
+    """Per-class thresholds from a JSON or CSV file (see the module docstring): every
+    class of the run exactly once, each in [0, 1] (or never); ConfigError naming what
+    is wrong otherwise."""
+    store, key = open_location(location)
+    text = store.read_bytes(key).decode("utf-8-sig", errors="replace")
+    if text.lstrip().startswith("{"):
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"thresholds file {location} is not JSON: {error}") from None
+        pairs = list(given.items())
+    else:
+        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(x.strip() for x in r)]
+        if rows and rows[0][0].strip().lower() == "class":
+            rows = rows[1:]
+        if any(len(r) != 2 for r in rows):
+            raise ConfigError(f"thresholds file {location}: expected CSV lines 'class,threshold'")
+        pairs = [(r[0].strip(), r[1].strip() or None) for r in rows]
+    unknown = [name for name, _ in pairs if name not in classes]
+    missing = [c for c in classes if c not in {name for name, _ in pairs}]
+    if unknown or missing or len(pairs) != len(classes):
+        raise ConfigError(
+            f"thresholds file {location} must give each of the run's {len(classes)} classes "
+            f"once: unknown {unknown}, missing {missing}"
+        )
+    found = dict(pairs)
+    values = []
+    for name in classes:
+        value = found[name]
+        try:
+            number = math.inf if value is None else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"thresholds file {location}: {name!r}: {value!r} is not a number"
+            ) from None
+        if not math.isinf(number) and not 0.0 <= number <= 1.0:
+            raise ConfigError(f"thresholds file {location}: {name!r}: {number} is outside [0, 1]")
+        values.append(number)
+    return torch.tensor(values)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LabelReading:
-    """Which stored vector is read as labels, and at which threshold: the settings every
+    """Which stored vector is read as labels, and at which thresholds: the settings every
     command that turns scores into labels shares (export, review import, gallery, report)."""
 
     vector: str = setting("final", "the stored pseudo-label vector", choices=LABEL_VECTORS)
-    threshold: float = setting(0.5, "a class is a label when its score is >= this")
+    threshold: float | None = setting(
+        None, "one threshold for every class: a class is a label when its score is >= it "
+        "(default: the run's label-free per-class thresholds)", type=float,
+    )  # fmt: skip
+    thresholds: str | None = setting(
+        None, "per-class thresholds from a file: JSON {class: threshold} or CSV "
+        "class,threshold lines", metavar="FILE",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
+        if self.threshold is not None and self.thresholds is not None:
+            raise ConfigError("give --threshold or --thresholds, not both")
+
+    def thresholds_for(self, labels: PseudoLabels) -> Thresholds:
+        """The thresholds these settings mean for ``labels``."""
+        width = len(labels.classes)
+        if self.threshold is not None:
+            values = torch.full((width,), float(self.threshold))
+            return Thresholds(values, f"--threshold {self.threshold:g}")
+        if self.thresholds is not None:
+            values = read_thresholds_file(self.thresholds, list(labels.classes))
+            return Thresholds(values, f"--thresholds {self.thresholds}")
+        return run_thresholds(labels, self.vector)
 
 
-def over_threshold(scores: torch.Tensor, threshold: float) -> np.ndarray:
-    """``(N, C)`` booleans: which scores are labels at ``threshold`` (the one rule of the
-    export, the review import, the gallery and the report). A score equal to the
-    threshold counts, and the threshold is compared as a float32 too, so "0.3" in a file
-    means the stored 0.3."""
-    return scores.numpy().astype(np.float32) >= np.float32(threshold)
+def over_threshold(scores: torch.Tensor, thresholds: float | torch.Tensor) -> np.ndarray:
+    """``(N, C)`` booleans: which scores are labels at ``thresholds`` (one for every class,
+    or ``(C,)``; the one rule of the export, the review import, the gallery and the
+    report). A score equal to its threshold counts, and thresholds are compared as
+    float32 too, so "0.3" in a file means the stored 0.3; infinity never fires."""
+    limit = thresholds.numpy() if isinstance(thresholds, torch.Tensor) else thresholds
+    return scores.numpy().astype(np.float32) >= np.asarray(limit, dtype=np.float32)
 
 
 def relabel(labels: PseudoLabels, recipe: LabelRecipe) -> dict[str, torch.Tensor]:

@@ -2,17 +2,21 @@
 
 For runs with ground truth it reads each merged manifest (its stored evaluation; no
 recomputation) and prints snippet spec, label recipe, images and macro mAP of global /
-aggregate / final side by side. A run without ground truth has no mAP to show, so it
-gets a block of its own instead, computed from its labels: per class the images at or
-over ``--threshold``, the score distribution (mean, quartiles, a text histogram) and a
-flag for a class that never fires or fires on almost every image, which is usually a
-bad class name or template. Those numbers are :func:`cdul.labels.stats.class_stats`,
-the ones ``cdul label-gallery`` shows.
+aggregate / final side by side, then what the final labels are worth as labels: macro
+and micro F1 at the run's label-free thresholds and labels per image (next to the true
+count). A run without ground truth has no mAP to show, so it gets a block of its own
+instead, computed from its labels: per class its threshold (the run's label-free one,
+``--threshold`` or ``--thresholds FILE``), the images at or over it, the score
+distribution (mean, quartiles, a text histogram) and a flag for a class that never
+fires or fires on almost every image, which is usually a bad class name or template.
+Those numbers are :func:`cdul.labels.stats.class_stats`, the ones ``cdul label-gallery``
+shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 from cdul.core.errors import StorageError
 from cdul.core.evaluation import format_ap
@@ -33,10 +37,14 @@ def rows_for(runs: list[str]) -> list[dict[str, object]]:
             raise StorageError(f"no merged pseudo labels at {store.uri_for(MANIFEST)}")
         m = LabelManifest.from_json(store.read_json(MANIFEST))
         ev = m.evaluation or {}
+        final = (ev.get("final") or {}).get("labels") or {}
         rows.append(
             {"run": uri, "snippets": m.snippet_spec, "recipe": str(m.label_recipe()),
              "images": m.images,
-             **{k: (ev[k]["mAP"] if k in ev else None) for k in LABEL_VECTORS}}
+             **{k: (ev[k]["mAP"] if k in ev else None) for k in LABEL_VECTORS},
+             "macro_f1": final.get("macro_f1"), "micro_f1": final.get("micro_f1"),
+             "labels_per_image": final.get("labels_per_image"),
+             "truth_per_image": final.get("truth_per_image")}
         )  # fmt: skip
     return rows
 
@@ -45,15 +53,22 @@ def format_rows(rows: list[dict[str, object]]) -> str:
     def cell(value: object) -> str:
         return "-" if value is None else f"{100 * float(value):.1f}"  # type: ignore[arg-type]
 
+    def count(value: object) -> str:
+        return "-" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
+
     recipe = max(len("recipe"), *(len(str(r["recipe"])) for r in rows))
     lines = [f"{'snippets':<12} {'recipe':<{recipe}} {'images':>7} {'global':>7} {'aggr.':>7} "
-             f"{'final':>7}  run"]  # fmt: skip
+             f"{'final':>7} {'F1':>6} {'microF1':>7} {'labels':>6} {'truth':>6}  run"]  # fmt: skip
     for r in rows:
         lines.append(
             f"{r['snippets']!s:<12} {r['recipe']!s:<{recipe}} {r['images']!s:>7} "
-            f"{cell(r['global']):>7} {cell(r['aggregate']):>7} {cell(r['final']):>7}  {r['run']}"
+            f"{cell(r['global']):>7} {cell(r['aggregate']):>7} {cell(r['final']):>7} "
+            f"{cell(r['macro_f1']):>6} {cell(r['micro_f1']):>7} "
+            f"{count(r['labels_per_image']):>6} {count(r['truth_per_image']):>6}  {r['run']}"
         )
-    lines.append("(macro mAP in %, over the classes with a positive image; - = none stored)")
+    lines.append("(macro mAP in %, over the classes with a positive image; F1 (macro) and micro-F1 "
+                 "in % of the final labels at the run's label-free thresholds, with labels and "
+                 "true labels per image; - = none stored)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -70,21 +85,25 @@ def format_stats(stats: list[ClassStats], config: StatsConfig) -> str:
     """The per-class table of a run without ground truth."""
     number = format_ap  # three decimals, "-" when undefined (a run without images)
     width = max(len("class"), *(len(s.name) for s in stats))
-    fires = f">={config.threshold:g}"
-    header = (f"{'class':<{width}}  {fires:>6}  {'share':>6}  {'mean':>5}  {'min':>5}  "
-              f"{'q1':>5}  {'median':>6}  {'q3':>5}  {'max':>5}  |0 score  1|  flag")  # fmt: skip
+    header = (f"{'class':<{width}}  {'thresh':>6}  {'labels':>6}  {'share':>6}  {'mean':>5}  "
+              f"{'min':>5}  {'q1':>5}  {'median':>6}  {'q3':>5}  {'max':>5}  |0 score  1|  "
+              "flag")  # fmt: skip
     lines = [header, "-" * len(header)]
     for s in stats:
         q = s.quartiles
+        threshold = "never" if math.isinf(s.threshold) else f"{s.threshold:.3f}"
         lines.append(
-            f"{s.name:<{width}}  {s.fires:>6}  {100 * s.share:>5.1f}%  {number(s.mean):>5}  "
-            f"{number(q[0]):>5}  {number(q[1]):>5}  {number(q[2]):>6}  {number(q[3]):>5}  "
-            f"{number(q[4]):>5}  |{text_histogram(s.histogram)}|  {flag_text(s, config)}".rstrip()
+            f"{s.name:<{width}}  {threshold:>6}  {s.fires:>6}  {100 * s.share:>5.1f}%  "
+            f"{number(s.mean):>5}  {number(q[0]):>5}  {number(q[1]):>5}  {number(q[2]):>6}  "
+            f"{number(q[3]):>5}  {number(q[4]):>5}  |{text_histogram(s.histogram)}|  "
+            f"{flag_text(s, config.almost_all)}".rstrip()
         )
     flagged = sum(1 for s in stats if s.flag)
+    per_image = sum(s.fires for s in stats) / stats[0].images if stats and stats[0].images else 0
     lines.append(
-        f"({fires}: images scored at or over the threshold; histogram: images per tenth of "
-        f"the score range; {flagged} class(es) flagged)"
+        f"(thresh: the class's decision threshold; labels: images scored at or over it, "
+        f"{per_image:.2f} labels per image in all; histogram: images per tenth of the score "
+        f"range; {flagged} class(es) flagged)"
     )
     return "\n".join(lines)
 
@@ -92,15 +111,14 @@ def format_stats(stats: list[ClassStats], config: StatsConfig) -> str:
 def stats_block(uri: str, config: StatsConfig) -> str:
     labels = read_pseudo_labels(open_store(uri))
     m = labels.manifest
+    thresholds = config.thresholds_for(labels)
     head = (
         f"{uri}: {len(labels)} images, no ground truth; {m.snippet_spec}, {m.label_recipe()}; "
-        f"{config.vector} pseudo labels, a class fires at >= {config.threshold:g}"
+        f"{config.vector} pseudo labels, a class fires at >= its threshold ({thresholds.source})"
     )
-    return (
-        head
-        + "\n"
-        + format_stats(class_stats(labels[config.vector], labels.classes, config), config)
-    )
+    stats = class_stats(labels[config.vector], labels.classes, thresholds.values,
+                        config.almost_all)  # fmt: skip
+    return head + "\n" + format_stats(stats, config)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +126,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, StatsConfig)
     parser.epilog = (
         "A run with ground truth is a row of the mAP table; one without gets a per-class "
-        "table (images over --threshold, score distribution, flags) instead."
+        "table (each class's threshold, images over it, score distribution, flags) instead."
     )
 
 

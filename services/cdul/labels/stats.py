@@ -44,6 +44,8 @@ class ClassStats:
 
     name: str
     images: int
+    threshold: float
+    """The class's decision threshold (infinity: never a label)."""
     fires: int
     """Images scored at or over the threshold."""
     mean: float
@@ -64,9 +66,11 @@ class ClassStats:
 
 
 def class_stats(
-    scores: torch.Tensor, classes: Sequence[str], config: StatsConfig
+    scores: torch.Tensor, classes: Sequence[str], thresholds: torch.Tensor, almost_all: float
 ) -> list[ClassStats]:
-    """The numbers of each class (column of ``scores``, ``(N, C)`` in [0, 1])."""
+    """The numbers of each class (column of ``scores``, ``(N, C)`` in [0, 1]) with its
+    threshold (``(C,)``); flagged when it fires on no image or on more than
+    ``almost_all`` of them."""
     scores = scores.float()
     n = scores.shape[0]
     ascending = torch.sort(scores, dim=0).values
@@ -74,19 +78,20 @@ def class_stats(
     stats = []
     # 0-based positions in the ascending column of ranks 1..n, evenly spaced in log(rank)
     ranks = [n - round(n ** (k / (FALLOFF_POINTS - 1))) for k in range(FALLOFF_POINTS)] if n else []
-    chosen = over_threshold(scores, config.threshold)
+    chosen = over_threshold(scores, thresholds)
     for c, name in enumerate(classes):
         column = ascending[:, c].tolist()
         fires = int(chosen[:, c].sum())
         flag = None
         if n and fires == 0:
             flag = NEVER_FIRES
-        elif n and fires / n > config.almost_all:
+        elif n and fires / n > almost_all:
             flag = FIRES_ON_ALMOST_ALL
         stats.append(
             ClassStats(
                 name=name,
                 images=n,
+                threshold=float(thresholds[c]),
                 fires=fires,
                 mean=sum(column) / n if n else math.nan,
                 quartiles=tuple(_quantile(column, q) for q in (0.0, 0.25, 0.5, 0.75, 1.0)),
@@ -108,8 +113,8 @@ def _quantile(ascending: list[float], q: float) -> float:
     return ascending[low] + (ascending[high] - ascending[low]) * (position - low)
 
 
-def flag_text(stats: ClassStats, config: StatsConfig) -> str:
+def flag_text(stats: ClassStats, almost_all: float) -> str:
     """The flag as a sentence (empty without one)."""
     if stats.flag == FIRES_ON_ALMOST_ALL:
-        return f"{stats.flag} (> {100 * config.almost_all:.0f}% of images): {BAD_CLASS_HINT}"
+        return f"{stats.flag} (> {100 * almost_all:.0f}% of images): {BAD_CLASS_HINT}"
     return f"{stats.flag}: {BAD_CLASS_HINT}" if stats.flag else ""

@@ -4,12 +4,14 @@ Every combination of ``--aggregations`` (``paper`` once per ``--zetas`` value),
 ``--global-weights`` and ``--debias`` is recomputed (:func:`cdul.labels.reading.relabel`):
 ``paper`` and ``max`` from the stored alpha/beta, ``mean`` and ``topk:K`` from the
 stored cosines (a run labeled with ``--no-store-cosines`` skips them, saying so). With
-ground truth each recipe gets the macro mAP of aggregate and final, and the best one is
-named, with the F1 of the labels at 0.5; without, the labels per image at 0.5 and the
-classes never reaching it. Prompt
-templates and snippet specs change what CLIP computes: they need a new ``cdul label``
-run (compare runs with ``cdul label-report``). The rows go to
-``pseudo_labels/recipe_sweep.json`` and ``.csv`` unless ``--no-store``.
+ground truth each recipe gets the macro mAP of aggregate and final and the macro and
+micro F1 of its final labels at label-free thresholds (the rule runs are read with,
+recomputed on the recipe's scores) beside the ceiling (per-class thresholds chosen with
+the ground truth); the best by mAP and by F1 are named. Every recipe gets its labels
+per image and the classes never labeled. Prompt templates and snippet specs change what
+CLIP computes: they need a new ``cdul label`` run (compare runs with ``cdul
+label-report``). The rows go to ``pseudo_labels/recipe_sweep.json`` and ``.csv`` unless
+``--no-store``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from dataclasses import dataclass
 import torch
 
 from cdul.core.errors import ConfigError
-from cdul.core.evaluation import evaluate
+from cdul.core.evaluation import evaluate, label_f1
 from cdul.core.method.aggregation import DEFAULT_ZETA
 from cdul.core.method.recipes import AGGREGATION_FORMS, DEBIAS, PAPER, LabelRecipe
+from cdul.core.method.thresholds import DEFAULT_RULE, calibrated
 from cdul.core.pseudo_labels import PREFIX, PseudoLabels, read_pseudo_labels
 from cdul.core.settings import add_flags, flag_name, from_args, setting
 from cdul.core.storage import open_store
-from cdul.labels.reading import LabelReading, over_threshold, relabel
+from cdul.labels.reading import label_free_thresholds, over_threshold, relabel
 
 DEFAULT_AGGREGATIONS = (PAPER, "max", "mean", "topk:2", "topk:3")
 DEFAULT_ZETAS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
@@ -38,8 +41,6 @@ DEFAULT_GLOBAL_WEIGHTS = (0.5, 0.25, 0.0)
 SWEEP_JSON = f"{PREFIX}/recipe_sweep.json"
 SWEEP_CSV = f"{PREFIX}/recipe_sweep.csv"
 KEYS = ("aggregation", "zeta", "global_weight", "debias")
-#: Where a score is a label: the threshold every label command defaults to.
-LABEL_THRESHOLD = LabelReading().threshold
 
 
 def recipes(
@@ -68,14 +69,20 @@ def sweep(labels: PseudoLabels, grid: Sequence[LabelRecipe]) -> tuple[list[dict]
         row: dict[str, object] = dict(recipe.to_json())
         if recipe.aggregation != PAPER:
             row["zeta"] = ""
-        over = torch.from_numpy(over_threshold(vectors["final"], LABEL_THRESHOLD))
+        # The labels a user gets: each class at its label-free threshold (the rule runs
+        # are read with), recomputed on this recipe's final scores.
+        final = vectors["final"]
+        over = torch.from_numpy(over_threshold(final, label_free_thresholds(final)))
         if truth is not None:
             for name in ("aggregate", "final"):
                 row[f"{name}_mAP"] = evaluate(vectors[name], truth, labels.classes).mean_ap
-            # F1 over (image, class) pairs: mAP ranks within a class, so it cannot see a
-            # per-class rescaling such as debiasing; the labels at the threshold can.
-            hits = int((over & truth.bool()).sum())
-            row["final_F1"] = 2 * hits / max(1, int(over.sum()) + int(truth.sum()))
+            # F1: mAP ranks within a class, so it cannot see a per-class rescaling such
+            # as debiasing, nor how well a label-free threshold separates the class.
+            f1 = label_f1(over, truth, labels.classes)
+            best = torch.from_numpy(over_threshold(final, calibrated(final, truth)))
+            row["final_F1"] = f1.macro_f1
+            row["final_microF1"] = f1.micro_f1
+            row["ceiling_F1"] = label_f1(best, truth, labels.classes).macro_f1
         row["labels_per_image"] = float(over.sum(dim=1).float().mean()) if len(labels) else 0.0
         row["classes_never_labeled"] = int((~over.any(dim=0)).sum()) if len(labels) else 0
         rows.append(row)
@@ -161,9 +168,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no recipe of the sweep can be recomputed from this run")
     print(format_rows(rows))
     if "final_mAP" in rows[0]:
-        best = max(rows, key=lambda row: row["final_mAP"])
-        flags = " ".join(f"--{k.replace('_', '-')} {best[k]}" for k in KEYS if best[k] != "")
-        print(f"best final mAP {best['final_mAP']:.4f}: {flags}")
+        for key, what in (
+            ("final_mAP", "final mAP"),
+            ("final_F1", f"final macro-F1 ({DEFAULT_RULE} thresholds)"),
+        ):
+            best = max(rows, key=lambda row: row[key])
+            flags = " ".join(f"--{k.replace('_', '-')} {best[k]}" for k in KEYS if best[k] != "")
+            print(f"best {what} {best[key]:.4f}: {flags}")
     if config.store:
         store.write_json(SWEEP_JSON, {"snippet_spec": m.snippet_spec, "rows": rows,
                                       "skipped": skipped})  # fmt: skip

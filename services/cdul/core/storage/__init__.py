@@ -15,6 +15,8 @@ optional ``S3_REGION``, ``S3_CA_BUNDLE``, ``S3_SESSION_TOKEN`` and the
 
 from __future__ import annotations
 
+import os
+
 from cdul.core.errors import ConfigError
 from cdul.core.storage.base import ObjectStore, RetryPolicy, validate_key
 from cdul.core.storage.local import LocalStore
@@ -26,6 +28,7 @@ __all__ = [
     "RetryPolicy",
     "S3Settings",
     "S3Store",
+    "open_location",
     "open_store",
     "register_scheme",
     "validate_key",
@@ -59,3 +62,18 @@ def open_store(
         known = ", ".join(f"{name}://" for name in sorted(_SCHEMES))
         raise ConfigError(f"unsupported store URI {uri!r}: expected one of {known}")
     return backend.from_uri(uri, retry=retry, create_bucket=create_bucket)
+
+
+def open_location(location: str) -> tuple[ObjectStore, str]:
+    """The store holding one file (``out/a.csv``, ``file:///x/a.csv``) or object
+    (``s3://bucket/dir/a.csv``), and its key there: a single file a user names (an
+    export, a reviewed file, a thresholds file) is read and written through the storage
+    layer too (atomic writes, S3 with its retries)."""
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme == "file":
+        path = os.path.abspath(rest if sep else location)
+        return open_store(os.path.dirname(path)), os.path.basename(path)
+    parent, _, name = location.rstrip("/").rpartition("/")
+    if not name or "/" not in rest.rstrip("/"):
+        raise ConfigError(f"{location!r} names no object (expected {scheme}://BUCKET/KEY)")
+    return open_store(parent), name

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from cdul.core.pseudo_labels import PseudoLabels
-from cdul.labels.reading import over_threshold
+from cdul.labels.reading import Thresholds, over_threshold
 
 if TYPE_CHECKING:
     from cdul.labels.export import ExportConfig
@@ -40,7 +40,7 @@ class Exported:
     run: str
     labels: PseudoLabels
     vector: str
-    threshold: float
+    thresholds: Thresholds
     paths: list[str]
 
     @property
@@ -53,7 +53,7 @@ class Exported:
 
     @functools.cached_property
     def chosen(self) -> np.ndarray:
-        return over_threshold(self.labels[self.vector], self.threshold)
+        return over_threshold(self.labels[self.vector], self.thresholds.values)
 
     def rows(self) -> Iterator[Row]:
         classes = self.classes

@@ -1,5 +1,6 @@
-"""``json``: ``{"run", "dataset", "vector", "threshold", "rule", "classes", "images":
-[{"image_id", "path", "labels": [...], "scores": {class: score}}]}``."""
+"""``json``: ``{"run", "dataset", "vector", "thresholds": {class: threshold or null},
+"threshold_source", "rule", "classes", "images": [{"image_id", "path", "labels": [...],
+"scores": {class: score}}]}`` (a ``null`` threshold: the class is never a label)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def write_json(exported: Exported, config: ExportConfig) -> dict[str, str]:
         "run": exported.run,
         "dataset": exported.labels.manifest.dataset,
         "vector": exported.vector,
-        "threshold": exported.threshold,
-        "rule": "a class is a label when its score >= threshold",
+        "thresholds": exported.thresholds.to_json(classes),
+        "threshold_source": exported.thresholds.source,
+        "rule": "a class is a label when its score >= its threshold",
         "classes": classes,
         "images": [
             {"image_id": row.image_id, "path": row.path, "labels": row.labels,

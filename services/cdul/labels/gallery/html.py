@@ -84,10 +84,15 @@ def page(title: str, body: str) -> str:
     )
 
 
-def falloff_svg(stats: ClassStats, threshold: float, width: int, height: int) -> str:
+def threshold_text(threshold: float) -> str:
+    return "never" if math.isinf(threshold) else f"{threshold:.3g}"
+
+
+def falloff_svg(stats: ClassStats, width: int, height: int) -> str:
     """The class's scores sorted high to low against their rank (log scale, see
-    :attr:`ClassStats.falloff`), the threshold dashed and, where the curve crosses it,
-    the number of images at or over it."""
+    :attr:`ClassStats.falloff`), its threshold dashed and, where the curve crosses it,
+    the number of images at or over it (a class that never fires has no line)."""
+    threshold = stats.threshold
     left, bottom, top, right = 22, 14, 6, 8
     w, h = width - left - right, height - top - bottom
     decades = math.log10(stats.images) if stats.images > 1 else 1.0
@@ -108,7 +113,8 @@ def falloff_svg(stats: ClassStats, threshold: float, width: int, height: int) ->
     )
     if stats.images > 1:
         ticks += f'<text x="{left + w}" y="{height - 2}" text-anchor="end">{stats.images:,}</text>'
-    y_thr = top + (1 - threshold) * h
+    y_thr = top + (1 - min(threshold, 1.0)) * h
+    shown = "" if math.isinf(threshold) else "1"  # the line and its value, or nothing
     parts = [
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{esc(stats.name)}: scores by rank">'
@@ -117,13 +123,14 @@ def falloff_svg(stats: ClassStats, threshold: float, width: int, height: int) ->
         f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#f6f8fa" stroke="#d0d7de"/>',
         f'<polyline points="{points}" fill="none" stroke="#0969da" stroke-width="1.6"/>',
         f'<line x1="{left}" x2="{left + w}" y1="{y_thr:.1f}" y2="{y_thr:.1f}" stroke="#cf222e" '
-        'stroke-dasharray="4 3"/>',
+        f'stroke-dasharray="4 3" stroke-opacity="{shown or 0}"/>',
         f'<text x="{left - 3}" y="{top + 8}" text-anchor="end">1</text>',
-        f'<text x="{left - 3}" y="{y_thr + 3:.1f}" text-anchor="end">{threshold:g}</text>',
+        f'<text x="{left - 3}" y="{y_thr + 3:.1f}" text-anchor="end">'
+        f"{threshold_text(threshold) if shown else ''}</text>",
         f'<text x="{left - 3}" y="{top + h}" text-anchor="end">0</text>',
         ticks,
     ]
-    label = f"{stats.fires} at or over {threshold:g}"
+    label = f"{stats.fires} at or over {threshold_text(threshold)}"
     if stats.fires:
         x = x_of(stats.fires)
         start = x < left + 0.6 * w
@@ -133,8 +140,8 @@ def falloff_svg(stats: ClassStats, threshold: float, width: int, height: int) ->
             f'text-anchor="{"start" if start else "end"}">{esc(label)}</text>'
         )
     else:
-        parts.append(f'<text x="{left + w - 4}" y="{top + 10}" text-anchor="end">none at or over '
-                     f"{threshold:g}</text>")  # fmt: skip
+        none = "never fires" if math.isinf(threshold) else f"none at or over {threshold:.3g}"
+        parts.append(f'<text x="{left + w - 4}" y="{top + 10}" text-anchor="end">{none}</text>')
     return "".join(parts) + "</svg>"
 
 
@@ -191,7 +198,7 @@ def figure(thumb: Thumb, score: float, truth: bool | None, box: int, note: str =
 
 def grid(gallery: Gallery, c: int, rows: list[int], errors: bool = False) -> str:
     truth = gallery.labels.ground_truth
-    threshold = gallery.config.threshold
+    threshold = gallery.classes[c].stats.threshold
     parts = []
     for row in rows:
         score = float(gallery.scores[row, c])
@@ -201,7 +208,8 @@ def grid(gallery: Gallery, c: int, rows: list[int], errors: bool = False) -> str
             labeled = bool(over_threshold(gallery.scores[row : row + 1, c : c + 1], threshold))
             wrong = labeled != bool(has)
             text = "labeled" if labeled else ("missed" if has else "not labeled")
-            note = f'<br><span class="{"bad" if wrong else "nums"}">{text} at {threshold:g}</span>'
+            at = threshold_text(threshold)
+            note = f'<br><span class="{"bad" if wrong else "nums"}">{text} at {at}</span>'
         parts.append(figure(gallery.thumbs[row], score, has, frame_width(gallery), note))
     return f'<div class="grid">{"".join(parts)}</div>'
 
@@ -213,11 +221,12 @@ def frame_width(gallery: Gallery) -> int:
     return max(max(sides, default=gallery.config.thumb_size), STRIP_BOX)
 
 
-def stats_line(view: ClassView, threshold: float) -> str:
+def stats_line(view: ClassView) -> str:
     s = view.stats
     q = s.quartiles
     text = (
-        f"{s.fires} of {s.images} at or over {threshold:g} ({100 * s.share:.1f}%); "
+        f"{s.fires} of {s.images} at or over its threshold {threshold_text(s.threshold)} "
+        f"({100 * s.share:.1f}%); "
         f"mean {format_ap(s.mean)}, quartiles " + " / ".join(format_ap(v) for v in q[1:4])
     )
     if view.ap is not None:
@@ -233,7 +242,7 @@ def settings_table(gallery: Gallery) -> str:
 def notes(gallery: Gallery) -> str:
     items = [
         f'<li><span class="flag">{esc(v.stats.name)}</span>: '
-        f"{esc(flag_text(v.stats, gallery.config))}</li>"
+        f"{esc(flag_text(v.stats, gallery.config.almost_all))}</li>"
         for v in gallery.classes
         if v.stats.flag
     ]
@@ -260,8 +269,8 @@ def notes(gallery: Gallery) -> str:
 
 def classes_table(gallery: Gallery) -> str:
     with_truth = gallery.evaluation is not None
-    head = ["class", f"&ge; {gallery.config.threshold:g}", "share", "mean", "min", "q1",
-            "median", "q3", "max", "histogram 0-1"]  # fmt: skip
+    head = ["class", "threshold", "labels", "share", "mean", "min", "q1", "median", "q3", "max",
+            "histogram 0-1"]  # fmt: skip
     if with_truth:
         head += ["AP", "with class"]
     head.append("flag")
@@ -270,7 +279,8 @@ def classes_table(gallery: Gallery) -> str:
     for c, view in enumerate(gallery.classes):
         s = view.stats
         row = [f'<td class="l"><a href="{class_page(c)}">{esc(s.name)}</a></td>',
-               f"<td>{s.fires}</td>", f"<td>{100 * s.share:.1f}%</td>",
+               f"<td>{threshold_text(s.threshold)}</td>", f"<td>{s.fires}</td>",
+               f"<td>{100 * s.share:.1f}%</td>",
                f"<td>{format_ap(s.mean)}</td>",
                *(f"<td>{format_ap(q)}</td>" for q in s.quartiles),
                f"<td>{histogram_svg(s, 80, 24)}</td>"]  # fmt: skip
@@ -294,8 +304,8 @@ def class_section(gallery: Gallery, c: int) -> str:
     return (
         f'<section class="cls" id="c{c}"><div class="about">'
         f'<h2><a href="{class_page(c)}">{esc(s.name)}</a>{flag}</h2>'
-        f'<div class="nums">{stats_line(view, gallery.config.threshold)}</div>'
-        f"{falloff_svg(s, gallery.config.threshold, 260, 92)}</div>"
+        f'<div class="nums">{stats_line(view)}</div>'
+        f"{falloff_svg(s, 260, 92)}</div>"
         f'<div class="grid">{"".join(strip)}</div></section>'
     )
 
@@ -340,13 +350,13 @@ def class_page_html(gallery: Gallery, c: int) -> str:
         )
     flag = ""
     if s.flag:
-        flag = f'<p class="flag">{esc(flag_text(s, cfg))}</p>'
+        flag = f'<p class="flag">{esc(flag_text(s, cfg.almost_all))}</p>'
     body = [
         f"<nav>{' | '.join(links)}</nav>",
         f"<h1>{name}</h1>",
-        f"<p>{stats_line(view, cfg.threshold)}</p>",
+        f"<p>{stats_line(view)}</p>",
         flag,
-        f'<div class="plots"><div>{falloff_svg(s, cfg.threshold, 520, 180)}'
+        f'<div class="plots"><div>{falloff_svg(s, 520, 180)}'
         '<div class="nums">scores sorted high to low, by rank (log scale)</div></div>'
         f"<div>{histogram_svg(s, 240, 120)}"
         '<div class="nums">images per score bin (square-root heights)</div></div></div>',

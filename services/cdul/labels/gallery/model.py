@@ -29,11 +29,12 @@ import torch
 
 from cdul.core.datasets import Dataset, open_dataset
 from cdul.core.errors import CdulError, ConfigError
-from cdul.core.evaluation import Evaluation, evaluate, format_ap
+from cdul.core.evaluation import Evaluation, LabelF1, evaluate, format_ap, label_f1
 from cdul.core.pseudo_labels import LABEL_VECTORS, PseudoLabels, read_pseudo_labels
 from cdul.core.settings import flag_name, setting
 from cdul.core.storage import open_store
 from cdul.labels.matching import images_spec, positions
+from cdul.labels.reading import Thresholds, over_threshold
 from cdul.labels.stats import ClassStats, StatsConfig, class_stats
 
 TOP_LABELS = 3
@@ -107,6 +108,9 @@ class Gallery:
     evaluation: Evaluation | None
     thumbs: dict[int, Thumb]
     dataset_problem: str | None
+    thresholds: Thresholds
+    f1: LabelF1 | None
+    """The shown labels against the ground truth (None without)."""
 
     def settings(self) -> list[tuple[str, str]]:
         """The run's settings for the summary, as (label, text) pairs."""
@@ -120,7 +124,11 @@ class Gallery:
             ("template", ", ".join(m.templates) if m.templates else m.template),
             ("snippets", m.snippet_spec),
             ("recipe", str(m.label_recipe())),
-            ("shown", f"{cfg.vector} pseudo labels; a class fires at >= {cfg.threshold:g}"),
+            (
+                "shown",
+                f"{cfg.vector} pseudo labels; a class fires at >= its threshold "
+                f"({self.thresholds.source})",
+            ),
             ("created", f"{m.created} (code {m.code_version})"),
         ]
         if self.evaluation is not None:
@@ -129,6 +137,11 @@ class Gallery:
                      for name in LABEL_VECTORS if name in stored]  # fmt: skip
             rows.append(("mAP", f"{format_ap(self.evaluation.mean_ap)} ({cfg.vector})"
                          + (f"; stored: {', '.join(means)}" if means else "")))  # fmt: skip
+        if self.f1 is not None:
+            f1 = self.f1
+            rows.append(("labels", f"macro-F1 {format_ap(f1.macro_f1)}, micro-F1 "
+                         f"{format_ap(f1.micro_f1)}, {f1.labels_per_image:.2f} labels per image "
+                         f"(truth {f1.truth_per_image:.2f})"))  # fmt: skip
         return rows
 
 
@@ -145,7 +158,9 @@ def build_gallery(config: GalleryConfig) -> Gallery:
     if truth is not None and len(labels):
         evaluation = evaluate(scores, truth, labels.classes)
     views = []
-    for c, stats in enumerate(class_stats(scores, labels.classes, config)):
+    thresholds = config.thresholds_for(labels)
+    stats_per_class = class_stats(scores, labels.classes, thresholds.values, config.almost_all)
+    for c, stats in enumerate(stats_per_class):
         order = torch.argsort(scores[:, c], descending=True, stable=True)
         fp, fn = [], []
         if truth is not None and config.errors:
@@ -170,7 +185,12 @@ def build_gallery(config: GalleryConfig) -> Gallery:
     except CdulError as error:  # moved or unreachable: placeholders instead of a crash
         problem = f"the images could not be opened ({error}); give --images SPEC"
     thumbs = make_thumbnails(labels, scores, rows, dataset, config)
-    return Gallery(config.run, config, labels, scores, views, evaluation, thumbs, problem)
+    f1 = None
+    if truth is not None and len(labels):
+        chosen = torch.from_numpy(over_threshold(scores, thresholds.values))
+        f1 = label_f1(chosen, truth, labels.classes)
+    return Gallery(config.run, config, labels, scores, views, evaluation, thumbs, problem,
+                   thresholds, f1)  # fmt: skip
 
 
 def top_labels(labels: PseudoLabels, scores: torch.Tensor, row: int) -> tuple[ImageLabel, ...]:
