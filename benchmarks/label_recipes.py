@@ -114,7 +114,7 @@ def sweep_seed(seed: int, endpoint: str, root: Path, workdir: Path, val: int) ->
                 "forwards_per_image": forwards, "images_per_s": round(val / seconds, 1),
                 "global_mAP": round(glob, 4),
                 "pseudo_label_mAP": round(row["final_mAP"], 4),
-                "f1_at_0.5": round(row["final_F1"], 4),
+                "macro_f1_label_free": round(row["final_F1"], 4),
             })  # fmt: skip
         paper = next(r for r in rows[-len(GRID) :] if r["recipe"] == "paper(zeta=0.5) w=0.5")
         best = max(rows[-len(GRID) :], key=lambda r: r["pseudo_label_mAP"])

@@ -25,11 +25,14 @@ from cdul.serving.local import LocalTorchServe
 
 @pytest.fixture(scope="session")
 def served_model(tmp_path_factory: pytest.TempPathFactory) -> ServedModel:
-    """ResNet-18, seed 0, 12 classes, 64 px, max 1 MP, archived as ``cdul.mar``."""
+    """ResNet-18, seed 0, 12 classes, 64 px, max 1 MP, archived as ``cdul.mar``; each
+    class with its own threshold around the untrained network's 0.5 (the last: never)."""
     root = tmp_path_factory.mktemp("serving-model")
+    thresholds = (*(0.47 + 0.006 * k for k in range(len(CLASSES) - 1)), None)
     config = ClassifierConfig(
-        arch="resnet18", classes=CLASSES, image_size=64, threshold=0.5, max_pixels=MAX_PIXELS
-    )
+        arch="resnet18", classes=CLASSES, image_size=64, threshold=0.5, max_pixels=MAX_PIXELS,
+        thresholds=thresholds, thresholds_from="test: by hand",
+    )  # fmt: skip
     weights = root / "classifier.pt"
     with torch.random.fork_rng():  # seeded weights without touching other tests' RNG
         torch.manual_seed(0)

@@ -9,6 +9,7 @@ parses as Prometheus text; a request without the key is refused, one with it ans
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +33,25 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 
-def assert_prediction(response: Response, expected: list[float], threshold: float) -> None:
+def assert_prediction(
+    response: Response, expected: list[float], thresholds: float | list[float]
+) -> None:
+    """The answer's probabilities and, at ``thresholds`` (one for every class, or each
+    class's; infinity: never), its labels."""
     assert response.status == 200, (response.status, response.body[:300])
     assert response.headers["content-type"].startswith("application/json")
     answer = response.json()
     assert list(answer["probabilities"]) == list(CLASSES)
     got = [answer["probabilities"][name] for name in CLASSES]
     assert got == pytest.approx(expected, abs=TOLERANCE)
-    assert answer["threshold"] == pytest.approx(threshold)
-    assert answer["labels"] == [c for c, p in zip(CLASSES, got, strict=True) if p >= threshold]
+    per_class = thresholds if isinstance(thresholds, list) else [thresholds] * len(CLASSES)
+    shown = [None if math.isinf(t) else pytest.approx(t) for t in per_class]
+    assert answer["thresholds"] == dict(zip(CLASSES, shown, strict=True))
+    shared = per_class[0] if len(set(per_class)) == 1 else None
+    assert answer["threshold"] == (None if shared is None else pytest.approx(shared))
+    assert answer["labels"] == [
+        c for c, p, t in zip(CLASSES, got, per_class, strict=True) if p >= t
+    ]
 
 
 def good_images() -> dict[str, tuple[bytes, str]]:
@@ -62,7 +73,9 @@ def test_prediction_equals_direct_forward(
 ) -> None:
     image, content_type = good_images()[name]
     response = client.predict(image, content_type)
-    assert_prediction(response, served_model.expected(image), served_model.config.threshold)
+    assert_prediction(
+        response, served_model.expected(image), served_model.config.decision_thresholds()
+    )
 
 
 def test_multipart_upload_with_threshold_field(client: Client, served_model: ServedModel) -> None:
@@ -91,19 +104,44 @@ def test_multipart_upload_with_threshold_field(client: Client, served_model: Ser
         # TorchServe 0.12 forwards the query string to the handler only on these routes...
         (f"/{MODEL_NAME}/predict?threshold=0.3", {}, 0.3),
         (f"/invocations?model_name={MODEL_NAME}&threshold=0.3", {}, 0.3),
-        # ...and not on /predictions/<model> (the frontend drops it): the default applies.
-        # Pinned here so a TorchServe that starts forwarding it is noticed.
-        (f"/predictions/{MODEL_NAME}?threshold=0.3", {}, 0.5),
+        # ...and not on /predictions/<model> (the frontend drops it): the archive's own
+        # per-class thresholds apply (None here). Pinned here so a TorchServe that starts
+        # forwarding it is noticed.
+        (f"/predictions/{MODEL_NAME}?threshold=0.3", {}, None),
         # A parameter beats the header.
         (f"/{MODEL_NAME}/predict?threshold=0.0", {"X-Threshold": "1"}, 0.0),
     ],
 )
 def test_threshold_override(
-    path: str, headers: dict[str, str], threshold: float, client: Client, served_model: ServedModel
+    path: str,
+    headers: dict[str, str],
+    threshold: float | None,
+    client: Client,
+    served_model: ServedModel,
 ) -> None:
     image, content_type = good_images()["png"]
     response = client.predict(image, content_type, path=path, headers=headers)
-    assert_prediction(response, served_model.expected(image), threshold)
+    default = served_model.config.decision_thresholds()
+    assert_prediction(
+        response, served_model.expected(image), default if threshold is None else threshold
+    )
+
+
+def test_each_class_is_labelled_at_its_own_threshold(
+    client: Client, served_model: ServedModel
+) -> None:
+    """The archive's per-class thresholds, over real TorchServe: a class labels an image
+    exactly when its probability reaches that class's threshold, the last never."""
+    thresholds = served_model.config.decision_thresholds()
+    assert len(set(thresholds)) == len(CLASSES) and math.isinf(thresholds[-1])
+    decided = []
+    for image, content_type in good_images().values():
+        answer = client.predict(image, content_type).json()
+        expected = served_model.expected(image)
+        assert answer["thresholds"][CLASSES[-1]] is None and CLASSES[-1] not in answer["labels"]
+        decided += [p >= t for p, t in zip(expected, thresholds, strict=True)]
+        assert_prediction(client.predict(image, content_type), expected, thresholds)
+    assert any(decided) and not all(decided)  # both outcomes occur
 
 
 @pytest.mark.parametrize(
@@ -168,7 +206,7 @@ def test_garbage_gets_4xx_and_server_keeps_answering(
     assert_prediction(
         client.predict(image, content_type),
         served_model.expected(image),
-        served_model.config.threshold,
+        served_model.config.decision_thresholds(),
     )
 
 

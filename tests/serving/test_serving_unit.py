@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -63,13 +64,13 @@ def test_extract_image_prefers_body_then_known_fields() -> None:
 
 
 def test_resolve_threshold_precedence_and_validation() -> None:
-    assert resolve_threshold({}, {}, 0.5) == 0.5
-    assert resolve_threshold({}, {"X-THRESHOLD": "0.2"}, 0.5) == 0.2
-    assert resolve_threshold({"threshold": b"0.7"}, {"x-threshold": "0.2"}, 0.5) == 0.7
-    assert resolve_threshold({"threshold": " 1 "}, None, 0.5) == 1.0
+    assert resolve_threshold({}, {}) is None  # the archive's per-class thresholds
+    assert resolve_threshold({}, {"X-THRESHOLD": "0.2"}) == 0.2
+    assert resolve_threshold({"threshold": b"0.7"}, {"x-threshold": "0.2"}) == 0.7
+    assert resolve_threshold({"threshold": " 1 "}, None) == 1.0
     for bad in (b"abc", b"-0.5", b"2", b"inf", b""):
         with pytest.raises(RequestError, match="threshold"):
-            resolve_threshold({"threshold": bad}, None, 0.5)
+            resolve_threshold({"threshold": bad}, None)
 
 
 def test_status_phrase_is_one_ascii_line() -> None:
@@ -173,7 +174,7 @@ def test_handler_answers_a_mixed_batch_without_torchserve(served_model: ServedMo
     assert [good["probabilities"][c] for c in CLASSES] == pytest.approx(
         served_model.expected(image), abs=1e-5
     )
-    assert good["threshold"] == 0.1
+    assert good["threshold"] == 0.1 and set(good["thresholds"].values()) == {0.1}
     assert context.get_response_status(0) == (200, None)
     status, phrase = context.get_response_status(1)
     assert status == 400 and "not a JPEG" in phrase
@@ -251,3 +252,36 @@ def test_torchserve_configs_keep_security_metrics_and_batching(path: Path) -> No
     assert model["marName"] == "cdul.mar"
     assert model["batchSize"] > 1 and model["maxBatchDelay"] > 0
     assert 1 <= model["minWorkers"] <= model["maxWorkers"]
+
+
+def test_archive_command_takes_per_class_thresholds(
+    served_model: ServedModel, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "t.json").write_text(json.dumps({c: 0.1 * (k % 10) for k, c in enumerate(CLASSES)}
+                                                | {CLASSES[-1]: None}))  # fmt: skip
+    argv = ["archive", "--weights", str(served_model.weights), "--classes", ",".join(CLASSES),
+            "--arch", "resnet18", "--output-dir", str(tmp_path / "store")]  # fmt: skip
+    assert cli.main([*argv, "--thresholds", str(tmp_path / "t.json")]) == 0
+    assert f"the file {tmp_path / 't.json'}" in capsys.readouterr().out
+    with zipfile.ZipFile(tmp_path / "store" / "cdul.mar") as archive:
+        config = ClassifierConfig.from_dict(json.loads(archive.read(CONFIG_FILE_NAME)))
+    assert config.format == 2 and config.thresholds[-1] is None
+    assert config.decision_thresholds()[:3] == pytest.approx([0.0, 0.1, 0.2])
+    (tmp_path / "bad.json").write_text(json.dumps({"a": 0.5}))
+    assert cli.main([*argv, "--force", "--thresholds", str(tmp_path / "bad.json")]) == 2
+    assert "unknown ['a']" in capsys.readouterr().err
+
+
+def test_classifier_config_formats_and_per_class_thresholds() -> None:
+    # A format 1 config (one threshold, before per-class thresholds) still loads.
+    old = ClassifierConfig.from_dict({"arch": "resnet18", "classes": ["a", "b"], "threshold": 0.3,
+                                      "format": 1})  # fmt: skip
+    assert old.format == 1 and old.decision_thresholds() == [0.3, 0.3]
+    new = ClassifierConfig(arch="resnet18", classes=("a", "b"), thresholds=(0.2, math.inf))
+    assert new.to_dict()["thresholds"] == [0.2, None] and new.decision_thresholds()[1] == math.inf
+    with pytest.raises(ConfigError, match="2 thresholds for 3 classes"):
+        ClassifierConfig(arch="resnet18", classes=("a", "b", "c"), thresholds=(0.2, 0.3))
+    with pytest.raises(ConfigError, match=r"within \[0, 1\], got 1.5"):
+        ClassifierConfig(arch="resnet18", classes=("a", "b"), thresholds=(0.2, 1.5))
+    with pytest.raises(ConfigError, match="format 3 is not supported"):
+        ClassifierConfig(arch="resnet18", classes=("a",), format=3)

@@ -14,9 +14,6 @@ label) or CSV ``class,threshold`` lines (an optional header; an empty threshold:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from dataclasses import dataclass
 
@@ -28,7 +25,7 @@ from cdul.core.method.recipes import LabelRecipe, debias
 from cdul.core.method.thresholds import DEFAULT_RULE, RULES
 from cdul.core.pseudo_labels import LABEL_VECTORS, PseudoLabels
 from cdul.core.settings import setting
-from cdul.core.storage import open_location
+from cdul.core.thresholds_file import read_thresholds_file, thresholds_from_json, thresholds_to_json
 
 
 @dataclass(frozen=True)
@@ -45,15 +42,6 @@ class Thresholds:
 
     def to_json(self, classes: list[str]) -> dict[str, float | None]:
         return dict(zip(classes, thresholds_to_json(self.values), strict=True))
-
-
-def thresholds_to_json(values: torch.Tensor) -> list[float | None]:
-    """``(C,)`` thresholds as JSON values: a float32-exact decimal each, None = never."""
-    return [None if math.isinf(v) else float(str(np.float32(v))) for v in values.tolist()]
-
-
-def thresholds_from_json(values: list[float | None]) -> torch.Tensor:
-    return torch.tensor([math.inf if v is None else float(v) for v in values])
 
 
 def label_free_thresholds(scores: torch.Tensor, rule: str = DEFAULT_RULE) -> torch.Tensor:
@@ -73,48 +61,6 @@ def run_thresholds(labels: PseudoLabels, vector: str) -> Thresholds:
         return Thresholds(values, f"the run's label-free ({m.threshold_rule})")
     values = label_free_thresholds(labels[vector])
     return Thresholds(values, f"label-free ({DEFAULT_RULE}, computed now)")
-
-
-def read_thresholds_file(location: str, classes: list[str]) -> torch.Tensor:
-    """Per-class thresholds from a JSON or CSV file (see the module docstring): every
-    class of the run exactly once, each in [0, 1] (or never); ConfigError naming what
-    is wrong otherwise."""
-    store, key = open_location(location)
-    text = store.read_bytes(key).decode("utf-8-sig", errors="replace")
-    if text.lstrip().startswith("{"):
-        try:
-            given = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"thresholds file {location} is not JSON: {error}") from None
-        pairs = list(given.items())
-    else:
-        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(x.strip() for x in r)]
-        if rows and rows[0][0].strip().lower() == "class":
-            rows = rows[1:]
-        if any(len(r) != 2 for r in rows):
-            raise ConfigError(f"thresholds file {location}: expected CSV lines 'class,threshold'")
-        pairs = [(r[0].strip(), r[1].strip() or None) for r in rows]
-    unknown = [name for name, _ in pairs if name not in classes]
-    missing = [c for c in classes if c not in {name for name, _ in pairs}]
-    if unknown or missing or len(pairs) != len(classes):
-        raise ConfigError(
-            f"thresholds file {location} must give each of the run's {len(classes)} classes "
-            f"once: unknown {unknown}, missing {missing}"
-        )
-    found = dict(pairs)
-    values = []
-    for name in classes:
-        value = found[name]
-        try:
-            number = math.inf if value is None else float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"thresholds file {location}: {name!r}: {value!r} is not a number"
-            ) from None
-        if not math.isinf(number) and not 0.0 <= number <= 1.0:
-            raise ConfigError(f"thresholds file {location}: {name!r}: {number} is outside [0, 1]")
-        values.append(number)
-    return torch.tensor(values)
 
 
 @dataclass(frozen=True, kw_only=True)

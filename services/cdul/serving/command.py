@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cdul.core.errors import ConfigError
 from cdul.core.settings import add_flags, from_args, setting
+from cdul.core.thresholds_file import read_thresholds_file
 from cdul.serving.config import ClassifierConfig
 
 
@@ -27,6 +28,10 @@ class ArchiveConfig(ClassifierConfig):
 
     weights: str
     output_dir: str
+    thresholds_file: str | None = setting(
+        None, "each class's own threshold instead of --threshold for all: JSON {class: "
+        "threshold} or CSV class,threshold lines", flag="--thresholds", metavar="FILE",
+    )  # fmt: skip
     model_name: str = setting("cdul", "TorchServe model name")
     version: str = setting("1.0", "model version")
     force: bool = setting(False, "replace an existing archive")
@@ -34,7 +39,12 @@ class ArchiveConfig(ClassifierConfig):
     def classifier(self) -> ClassifierConfig:
         """The config the archive carries (this one without the command's own fields)."""
         names = [f.name for f in dataclasses.fields(ClassifierConfig)]
-        return ClassifierConfig(**{name: getattr(self, name) for name in names})
+        values = {name: getattr(self, name) for name in names}
+        if self.thresholds_file is not None:
+            per_class = read_thresholds_file(self.thresholds_file, list(self.classes))
+            values["thresholds"] = tuple(per_class.tolist())
+            values["thresholds_from"] = f"the file {self.thresholds_file}"
+        return ClassifierConfig(**values)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
         where = str(path)
     else:
         where = _build_and_upload(config.weights, classifier, destination, **options)
+    decided = classifier.thresholds_from or f"threshold {classifier.threshold} for every class"
     print(
         f"wrote {where}: {classifier.arch}, {len(classifier.classes)} classes, "
-        f"{classifier.image_size} px, threshold {classifier.threshold}"
+        f"{classifier.image_size} px, {decided}"
     )
     return 0
 

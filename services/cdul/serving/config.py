@@ -43,7 +43,9 @@ __all__ = [
 #: extracts it to).
 CONFIG_FILE_NAME = "cdul_classifier.json"
 #: Bumped when a field changes meaning; the handler refuses formats it does not know.
-CONFIG_FORMAT = 1
+#: Format 2 adds per-class ``thresholds``; a format 1 config (one ``threshold``) loads.
+CONFIG_FORMAT = 2
+SUPPORTED_FORMATS = (1, 2)
 
 
 def rgb(text: str) -> tuple[float, float, float]:
@@ -77,6 +79,11 @@ class ClassifierConfig:
         0.5, "the decision threshold per class in the archive; callers may override it"
     )
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse images larger than this many pixels")
+    thresholds: tuple[float | None, ...] | None = None
+    """Per-class decision thresholds in the classes' order (None: the class is never a
+    label); None: ``threshold`` for every class."""
+    thresholds_from: str | None = None
+    """How ``thresholds`` were chosen (e.g. label-free, calibrated on held-out images)."""
     format: int = field(default=CONFIG_FORMAT)
 
     def __post_init__(self) -> None:
@@ -84,14 +91,19 @@ class ClassifierConfig:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.thresholds is not None:
+            object.__setattr__(
+                self, "thresholds",
+                tuple(None if t is None or math.isinf(t) else float(t) for t in self.thresholds),
+            )  # fmt: skip
         self.validate()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that is not usable."""
-        if self.format != CONFIG_FORMAT:
+        if self.format not in SUPPORTED_FORMATS:
             raise ConfigError(
                 f"classifier config format {self.format} is not supported "
-                f"(this code reads format {CONFIG_FORMAT})"
+                f"(this code reads formats {', '.join(map(str, SUPPORTED_FORMATS))})"
             )
         if self.arch not in SUPPORTED_ARCHS:
             raise ConfigError(
@@ -114,12 +126,28 @@ class ClassifierConfig:
             raise ConfigError(f"threshold must be within [0, 1], got {self.threshold}")
         if self.max_pixels < 1:
             raise ConfigError(f"max_pixels must be positive, got {self.max_pixels}")
+        if self.thresholds is not None:
+            if len(self.thresholds) != len(self.classes):
+                raise ConfigError(
+                    f"{len(self.thresholds)} thresholds for {len(self.classes)} classes"
+                )
+            bad = [t for t in self.thresholds if t is not None and not 0.0 <= t <= 1.0]
+            if bad:
+                raise ConfigError(f"per-class thresholds must be within [0, 1], got {bad[0]}")
+
+    def decision_thresholds(self) -> list[float]:
+        """Each class's threshold, in the classes' order (infinity: never a label)."""
+        if self.thresholds is None:
+            return [self.threshold] * len(self.classes)
+        return [math.inf if t is None else t for t in self.thresholds]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["classes"] = list(self.classes)
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
+        if self.thresholds is not None:
+            data["thresholds"] = list(self.thresholds)
         return data
 
     @classmethod

@@ -60,6 +60,7 @@ class MultiLabelHandler:
         self.model: torch.nn.Module | None = None
         self.device = torch.device("cpu")
         self.transform: Any = None
+        self.thresholds: list[float] = []  # per class, the archive's
 
     def initialize(self, context: Any) -> None:
         """Load the config and state_dict from the extracted archive."""
@@ -74,13 +75,14 @@ class MultiLabelHandler:
             self.device = torch.device(f"cuda:{gpu_id}")
         self.model = load_classifier(model_dir / serialized, self.config, self.device)
         self.transform = eval_transform(self.config.image_size, self.config.mean, self.config.std)
+        self.thresholds = self.config.decision_thresholds()
         self.initialized = True
         logger.info(
-            "cdul classifier %s: %d classes, %d px, threshold %.3f, on %s (pid %d)",
+            "cdul classifier %s: %d classes, %d px, thresholds %s, on %s (pid %d)",
             self.config.arch,
             len(self.config.classes),
             self.config.image_size,
-            self.config.threshold,
+            self.config.thresholds_from or f"{self.config.threshold:.3f} for every class",
             self.device,
             os.getpid(),
         )
@@ -90,43 +92,45 @@ class MultiLabelHandler:
         assert self.config is not None and self.model is not None, "initialize() first"
         answers: list[str | None] = [None] * len(data)
         tensors: list[torch.Tensor] = []
-        accepted: list[tuple[int, float]] = []  # (position in batch, threshold)
+        accepted: list[tuple[int, list[float]]] = []  # (position in batch, thresholds)
         for idx, request in enumerate(data):
             # How many requests TorchServe batched together: lets clients (and the
             # tests) see that batching happens and that one bad item spared the rest.
             context.set_response_header(idx, BATCH_SIZE_HEADER, str(len(data)))
             try:
-                tensor, threshold = self._prepare(idx, request or {}, context)
+                tensor, thresholds = self._prepare(idx, request or {}, context)
             except (RequestError, ImageDecodeError) as error:
                 status = error.status if isinstance(error, RequestError) else 400
                 answers[idx] = self._refuse(context, idx, status, str(error))
                 continue
             tensors.append(tensor)
-            accepted.append((idx, threshold))
+            accepted.append((idx, thresholds))
             context.set_response_content_type(idx, "application/json")
 
         if tensors:
             batch = torch.stack(tensors).to(self.device)
             with torch.inference_mode():
                 probabilities = torch.sigmoid(self.model(batch)).float().cpu().tolist()
-            for (idx, threshold), row in zip(accepted, probabilities, strict=True):
-                answers[idx] = prediction_body(row, self.config.classes, threshold)
+            for (idx, thresholds), row in zip(accepted, probabilities, strict=True):
+                answers[idx] = prediction_body(row, self.config.classes, thresholds)
         return [answer if answer is not None else "" for answer in answers]
 
     def _prepare(
         self, idx: int, request: dict[str, Any], context: Any
-    ) -> tuple[torch.Tensor, float]:
-        """Threshold and preprocessed tensor of one request, or RequestError/ImageDecodeError."""
+    ) -> tuple[torch.Tensor, list[float]]:
+        """Preprocessed tensor and per-class thresholds of one request, or
+        RequestError/ImageDecodeError."""
         assert self.config is not None
         headers = context.get_all_request_header(idx)
-        threshold = resolve_threshold(request, headers, self.config.threshold)
+        override = resolve_threshold(request, headers)
+        thresholds = self.thresholds if override is None else [override] * len(self.thresholds)
         field, payload = extract_image(request)
         image = decode_image(
             payload,
             name=f"{field} of request {context.get_request_id(idx)}",
             max_pixels=self.config.max_pixels,
         )
-        return self.transform(image), threshold
+        return self.transform(image), thresholds
 
     @staticmethod
     def _refuse(context: Any, idx: int, status: int, message: str) -> str:

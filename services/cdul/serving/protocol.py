@@ -19,9 +19,11 @@ on a real server):
 * request headers are in ``context.get_all_request_header(idx)`` under the names the
   client sent (case preserved, so they are compared case-insensitively here).
 
-Threshold override, strongest first: the ``threshold`` parameter (a multipart form
-field on any route, or the query string on the two routes above), then the
-``X-Threshold`` header (works on every route), then the archive's default.
+Thresholds: each class has its own (the archive's per-class thresholds, which ``cdul
+train`` chose without ground truth; an older archive's one threshold for every class).
+A request may put one threshold on every class instead, strongest first: the
+``threshold`` parameter (a multipart form field on any route, or the query string on
+the two routes above), then the ``X-Threshold`` header (works on every route).
 
 Every problem with one request raises :class:`RequestError`, which the handler turns
 into that request's own 4xx while the rest of the batch is answered.
@@ -104,15 +106,16 @@ def extract_image(request: Mapping[str, Any]) -> tuple[str, bytes]:
 
 
 def resolve_threshold(
-    request: Mapping[str, Any], headers: Mapping[str, Any] | None, default: float
-) -> float:
-    """The decision threshold for one request (see the module docstring for precedence)."""
+    request: Mapping[str, Any], headers: Mapping[str, Any] | None
+) -> float | None:
+    """The one threshold a request puts on every class (see the module docstring for
+    precedence); None: the archive's own per class."""
     if THRESHOLD_PARAMETER in request:
         return parse_threshold(request[THRESHOLD_PARAMETER], f"parameter {THRESHOLD_PARAMETER!r}")
     for key, value in (headers or {}).items():
         if isinstance(key, str) and key.lower() == THRESHOLD_HEADER:
             return parse_threshold(value, "header X-Threshold")
-    return default
+    return None
 
 
 def parse_threshold(value: Any, source: str) -> float:
@@ -133,16 +136,23 @@ def parse_threshold(value: Any, source: str) -> float:
 
 
 def prediction_body(
-    probabilities: Sequence[float], classes: Sequence[str], threshold: float
+    probabilities: Sequence[float], classes: Sequence[str], thresholds: Sequence[float]
 ) -> str:
     """The JSON answer for one image.
 
-    ``{"probabilities": {class: p}, "labels": [...], "threshold": t}``, classes in the
-    archive's order; ``labels`` are the classes with ``p >= threshold``, in that order.
+    ``{"probabilities": {class: p}, "labels": [...], "thresholds": {class: t},
+    "threshold": t}``, classes in the archive's order; ``labels`` are the classes with
+    ``p >= `` their threshold, in that order. A threshold of ``null`` never fires;
+    ``threshold`` is the one every class shares, ``null`` when they differ.
     """
     probs = {name: float(p) for name, p in zip(classes, probabilities, strict=True)}
-    labels = [name for name, p in probs.items() if p >= threshold]
-    return json.dumps({"probabilities": probs, "labels": labels, "threshold": threshold})
+    per_class = dict(zip(classes, thresholds, strict=True))
+    labels = [name for name, p in probs.items() if p >= per_class[name]]
+    shown = {name: (None if math.isinf(t) else t) for name, t in per_class.items()}
+    shared = set(shown.values())
+    body = {"probabilities": probs, "labels": labels, "thresholds": shown,
+            "threshold": shared.pop() if len(shared) == 1 else None}  # fmt: skip
+    return json.dumps(body)
 
 
 def error_body(status: int, message: str) -> str:
