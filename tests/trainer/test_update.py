@@ -15,9 +15,10 @@ from cdul.core.errors import ConfigError
 from cdul.core.evaluation import evaluate
 from cdul.core.method.alignment import align_latent, from_latent, to_latent
 from cdul.trainer import checkpoint
+from cdul.trainer.backbone import load_backbone
 from cdul.trainer.config import TrainConfig
 from cdul.trainer.distributed import DistEnv, gather_rows
-from cdul.trainer.loop import load_backbone, train_step
+from cdul.trainer.loop import train_step
 
 CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 

@@ -20,7 +20,8 @@ from support.world_labels import REPO, cdul_command, run_cdul, subprocess_env, w
 from cdul.cli import main
 from cdul.core.classifier import build_classifier
 from cdul.core.datasets import open_dataset
-from cdul.core.evaluation import best_f1_threshold
+from cdul.core.evaluation import label_f1
+from cdul.core.method.thresholds import calibrated, otsu
 from cdul.core.storage import open_store
 from cdul.core.transforms import eval_transform
 
@@ -131,23 +132,47 @@ def test_export_loads_with_weights_only(compared, tmp_path):
     model.load_state_dict(state)  # strict: every key, the right head
 
 
-def test_archive_threshold_is_the_best_micro_f1_on_val(compared, world_root, tmp_path):
-    # Recomputed independently: the exported weights, the evaluation transform, the val
-    # scenes' ground truth, then the threshold search.
-    store = open_store(compared["final"])
+def probabilities_of(store, dataset, tmp_path) -> torch.Tensor:
+    """The exported classifier's sigmoid outputs on every image of ``dataset``, computed
+    here: the weights, the evaluation transform, a plain forward."""
     config = json.loads(store.read_text("model-store/cdul_classifier.json"))
     store.read_file("model-store/classifier.pt", tmp_path / "w.pt")
     model = build_classifier("resnet18", 12)
     model.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
     model.eval()
-    val = open_dataset(f"voc:{world_root}:val")
     transform = eval_transform(config["image_size"])
     with torch.no_grad():
-        pixels = torch.stack([transform(val.load(i).image) for i in range(len(val))])
-        probabilities = torch.sigmoid(model(pixels))
-    threshold, f1 = best_f1_threshold(probabilities, val.ground_truth_matrix())
-    assert config["threshold"] == pytest.approx(threshold)
-    assert threshold != 0.5 and f1 > 0.3  # soft pseudo labels: 0.5 is not the best here
+        pixels = torch.stack([transform(dataset.load(i).image) for i in range(len(dataset))])
+        return torch.sigmoid(model(pixels))
+
+
+def test_archive_thresholds_are_label_free_and_reported_against_val(
+    compared, world_labels, world_root, tmp_path
+):
+    # Recomputed independently: the exported weights' outputs on the training images,
+    # the hard pseudo labels (final at Otsu's per-class thresholds), each class's best F1
+    # against them. No ground truth enters; the val report compares with the truth's best.
+    store = open_store(compared["final"])
+    config = json.loads(store.read_text("model-store/cdul_classifier.json"))
+    assert config["format"] == 2 and config["thresholds_from"].startswith("label-free")
+    train = open_dataset(f"voc:{world_root}:train")
+    assert train.ids() == world_labels.ids
+    final = world_labels.vectors["final"]
+    hard = final >= otsu(final)
+    expected = calibrated(probabilities_of(store, train, tmp_path), hard)
+    assert config["thresholds"] == pytest.approx(expected.tolist(), abs=1e-5)
+    record = store.read_json("training/thresholds.json")
+    assert record["thresholds"] == pytest.approx(expected.tolist(), abs=1e-5)
+    val = open_dataset(f"voc:{world_root}:val")
+    truth = val.ground_truth_matrix()
+    served = probabilities_of(store, val, tmp_path) >= torch.tensor(config["thresholds"])
+    f1 = label_f1(served, truth, val.classes)
+    assert record["val"]["chosen"]["macro_f1"] == pytest.approx(f1.macro_f1, abs=1e-3)
+    assert record["val"]["best"]["macro_f1"] >= f1.macro_f1 > 0.3  # the ceiling is above
+    # 0.5 for every class labels far less: the soft pseudo labels' scale.
+    at_half = label_f1(probabilities_of(store, val, tmp_path) >= 0.5, truth, val.classes)
+    assert at_half.labels_per_image < f1.labels_per_image
+    assert read_metrics(compared["final"])[-1]["val_macro_f1"] > 0.3  # per epoch, in labels
 
 
 def test_killed_run_resumes_to_the_unbroken_result(
@@ -196,16 +221,17 @@ def test_killed_run_resumes_to_the_unbroken_result(
     assert torch.equal(a["latent"], b["latent"])
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
-    # No --val: nothing to calibrate the threshold on. It is a runtime setting: rerunning
-    # the finished run with --threshold only exports again.
-    def threshold() -> float:
+    # No --val needed: each class gets its own label-free threshold. Thresholds are a
+    # runtime setting: rerunning the finished run with --threshold only exports again,
+    # that one for every class.
+    def thresholds() -> list[float | None]:
         config = open_store(unbroken).read_text("model-store/cdul_classifier.json")
-        return json.loads(config)["threshold"]
+        return json.loads(config)["thresholds"]
 
-    assert threshold() == 0.5
+    assert len(thresholds()) == 12 and len(set(thresholds())) > 1
     again = run_cdul(*args, "--output", unbroken, "--threshold", "0.3")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert threshold() == 0.3
+    assert thresholds() == [0.3] * 12
     assert without_timing(read_metrics(unbroken)) == without_timing(
         read_metrics(f"file://{broken}")
     )

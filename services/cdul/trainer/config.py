@@ -78,12 +78,12 @@ class TrainConfig:
     progress: bool = setting(True, "no progress bar", group=RUN)
     archive: bool = setting(True, "skip the TorchServe .mar", group=RUN)
     model_name: str = setting("cdul", "TorchServe model name", group=RUN)
-    #: The served classifier's default decision threshold; None: the one with the best
-    #: micro-F1 on ``val`` (when it has ground truth), else 0.5.
+    #: One decision threshold for every class in the archive; None: each class its own,
+    #: chosen without ground truth (trainer/thresholds.py).
     threshold: float | None = setting(
         None,
-        "the archive's default decision threshold (default: the best micro-F1 on --val "
-        "when it has ground truth, else 0.5)",
+        "one decision threshold for every class in the archive (default: each class its "
+        "own, chosen without ground truth from the hard pseudo labels)",
         group=RUN,
         type=float,
     )

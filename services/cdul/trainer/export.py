@@ -19,6 +19,7 @@ import torch
 
 from cdul.core.storage import ObjectStore
 from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
+from cdul.trainer.thresholds import DecisionThresholds
 
 PREFIX = "model-store"
 WEIGHTS_KEY = f"{PREFIX}/classifier.pt"
@@ -33,7 +34,7 @@ def export(
     classes: list[str],
     image_size: int,
     model_name: str,
-    threshold: float = 0.5,
+    thresholds: DecisionThresholds,
     archive: bool = True,
 ) -> list[str]:
     """Write the model store's objects; returns their keys."""
@@ -45,7 +46,8 @@ def export(
         image_size=image_size,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        threshold=threshold,
+        thresholds=thresholds.for_config(),
+        thresholds_from=thresholds.source,
     )
     written = []
     with tempfile.TemporaryDirectory(prefix="cdul-export-") as tmp:

@@ -40,59 +40,35 @@ from tqdm import tqdm
 from cdul import __version__
 from cdul.core.classifier import build_classifier
 from cdul.core.errors import ConfigError
-from cdul.core.evaluation import best_f1_threshold, evaluate
+from cdul.core.evaluation import evaluate
 from cdul.core.method.alignment import align_latent, bernoulli_kl, from_latent, to_latent
+from cdul.core.method.thresholds import calibrated
 from cdul.core.storage import ObjectStore, open_store
-from cdul.core.weights import load_state_dict
 from cdul.trainer import checkpoint, distributed
+from cdul.trainer.backbone import load_backbone
 from cdul.trainer.config import TrainConfig
 from cdul.trainer.data import ImageSet, TrainData, load_train_data
 from cdul.trainer.distributed import DistEnv
 from cdul.trainer.export import export
 from cdul.trainer.plots import curves_png
+from cdul.trainer.thresholds import (
+    DecisionThresholds,
+    describe,
+    hard_pseudo_labels,
+    label_free,
+    one_for_all,
+    val_metrics,
+    val_report,
+)
 
 log = logging.getLogger("cdul.trainer")
 
 METRICS_KEY = "training/metrics.jsonl"
 CURVES_KEY = "training/curves.png"
+#: The archive's per-class thresholds, how they were chosen, and (with --val ground
+#: truth) the labels they give on it next to the best thresholds it would pick.
+THRESHOLDS_KEY = "training/thresholds.json"
 CONFIG_KEY = "training/config.json"
-
-
-def load_backbone(model: nn.Module, weights: str, arch: str) -> str:
-    """Load backbone weights into ``model`` (its ``fc`` head stays as initialised).
-
-    ``weights``: ``none``, ``imagenet`` (torchvision's, fetched or from its cache) or
-    the path of a torchvision-format state_dict (``fc`` of any size is dropped).
-    Returns a description for the run's record.
-    """
-    if weights == "none":
-        return "none (random initialisation)"
-    if weights == "imagenet":
-        import torchvision
-
-        try:
-            state = torchvision.models.get_model_weights(arch).DEFAULT.get_state_dict(
-                progress=False
-            )
-        except Exception as error:  # no network, no cache
-            raise ConfigError(
-                f"could not get torchvision's ImageNet weights for {arch} ({error}); pass "
-                "--backbone-weights PATH (a local state_dict) or none"
-            ) from None
-        source = f"torchvision {arch} ImageNet (DEFAULT)"
-    else:
-        state = load_state_dict(weights, "backbone weights")
-        source = weights
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
-    if missing or result.unexpected_keys:
-        sample = (missing + result.unexpected_keys)[:3]
-        raise ConfigError(
-            f"backbone weights {weights!r} do not fit {arch}: {len(missing)} missing and "
-            f"{len(result.unexpected_keys)} unexpected keys, e.g. {sample}"
-        )
-    return source
 
 
 def autocast(device_type: str, amp: bool) -> torch.autocast | nullcontext:
@@ -148,6 +124,8 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.latent = to_latent(self.data.initial_labels, config.eps)
+        # What the served thresholds are calibrated against (trainer/thresholds.py).
+        self.hard, self.hard_source = hard_pseudo_labels(self.data.labels, config.label_vector)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
 
@@ -295,10 +273,17 @@ class Trainer:
                 if drift > 0:
                     log.warning("rank %d: pseudo labels diverged from rank 0's by %g; "
                                 "using rank 0's", env.rank, drift)  # fmt: skip
-            val_map = None
+            val_map, val_labels = None, {}
             if self.data.val is not None:
                 val_probabilities = torch.sigmoid(self.predict(self.data.val))
                 val_map = self._map(val_probabilities, self.data.val_truth)
+                # The epoch's labels on val, at label-free thresholds from the logits the
+                # training images got in their steps (no extra pass; the archive's come
+                # from an eval pass at the end).
+                epoch_thresholds = calibrated(torch.sigmoid(train_logits), self.hard)
+                val_labels = val_metrics(
+                    val_probabilities, self.data.val_truth, epoch_thresholds, self.data.classes
+                )
             truth = self.data.ground_truth
             row = {
                 "epoch": epoch + 1,
@@ -306,6 +291,7 @@ class Trainer:
                 "train_map": self._map(torch.sigmoid(train_logits), truth),
                 "pseudo_label_map": self._map(from_latent(self.latent), truth),
                 "val_map": val_map,
+                **val_labels,
                 "labels_updated": updated,
                 "seconds": round(time.perf_counter() - started, 3),
             }
@@ -314,30 +300,34 @@ class Trainer:
                 self._save(epoch + 1)
                 log.info("epoch %d/%d: %s", epoch + 1, config.epochs, _summary(row))
             distributed.barrier(env)
-        threshold = self._threshold(val_probabilities)  # every rank: predict() gathers
+        thresholds = self._decision_thresholds(val_probabilities)  # every rank: predict() gathers
         if env.is_main:
             keys = export(
                 self.store, self.module.state_dict(), arch=config.arch,
                 classes=self.data.classes, image_size=config.image_size,
-                model_name=config.model_name, threshold=threshold, archive=config.archive,
+                model_name=config.model_name, thresholds=thresholds, archive=config.archive,
             )  # fmt: skip
             log.info("exported %s", ", ".join(self.store.uri_for(k) for k in keys))
         distributed.barrier(env)
         return self.history
 
-    def _threshold(self, val_probabilities: torch.Tensor | None) -> float:
-        """The archive's default decision threshold (see ``TrainConfig.threshold``)."""
-        if self.config.threshold is not None:
-            return self.config.threshold
-        if self.data.val is None or self.data.val_truth is None:
-            log.info("decision threshold 0.5 (no validation ground truth to calibrate it on)")
-            return 0.5
-        if val_probabilities is None:  # a finished run resumed: no epoch ran now
-            val_probabilities = torch.sigmoid(self.predict(self.data.val))
-        threshold, f1 = best_f1_threshold(val_probabilities, self.data.val_truth)
-        log.info("decision threshold %.2f: best micro-F1 %.3f on %d validation images",
-                 threshold, f1, len(val_probabilities))  # fmt: skip
-        return threshold
+    def _decision_thresholds(self, val_probabilities: torch.Tensor | None) -> DecisionThresholds:
+        """The archive's per-class thresholds (trainer/thresholds.py; ``--threshold`` puts
+        one on every class); with --val ground truth, how they compare with the best."""
+        config, classes = self.config, self.data.classes
+        if config.threshold is not None:
+            chosen = one_for_all(config.threshold, len(classes))
+        else:
+            train = torch.sigmoid(self.predict(self.data.train))
+            chosen = label_free(train, self.hard, self.hard_source, config.label_vector)
+        report = None
+        if self.data.val is not None and self.data.val_truth is not None:
+            if val_probabilities is None:  # a finished run resumed: no epoch ran now
+                val_probabilities = torch.sigmoid(self.predict(self.data.val))
+            report = val_report(val_probabilities, self.data.val_truth, chosen.values, classes)
+        if self.env.is_main:
+            self.store.write_json(THRESHOLDS_KEY, describe(chosen, classes, report))
+        return chosen
 
     def _write_record(self) -> None:
         manifest = self.data.labels.manifest
