@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from cdul.core.method.thresholds import (
+    MAX_SHARE,
     NO_EVIDENCE,
     RULES,
     calibrated,
+    guarded_otsu_threshold,
     no_evidence,
     otsu,
     otsu_threshold,
@@ -55,3 +57,18 @@ def test_bad_scores_are_refused():
         otsu(torch.tensor([[float("nan")]]))
     with pytest.raises(ValueError, match="differ in shape"):
         calibrated(torch.rand(4, 2), torch.ones(4, 3))
+
+
+def test_a_class_that_scores_high_nearly_everywhere_is_split_again():
+    # 0.1 0.2 | 0.6 0.62 0.64 0.66 0.9 0.95 0.97 1.0: Otsu's first split labels 8 of 10
+    # (80% > 60%); within 0.6 .. 1.0 the best split is 0.6 0.62 0.64 0.66 | 0.9 0.95 0.97 1.0
+    # (4 * 4 / 64 * (0.63 - 0.955)^2 = 0.0264, the largest), leaving 4 of 10 labelled.
+    column = torch.tensor([0.1, 0.2, 0.6, 0.62, 0.64, 0.66, 0.9, 0.95, 0.97, 1.0])
+    assert otsu_threshold(column) == pytest.approx(0.6)
+    assert guarded_otsu_threshold(column) == pytest.approx(0.9)
+    assert otsu(column[:, None], max_share=1.0).item() == pytest.approx(0.6)  # unguarded
+    assert otsu(column[:, None]).item() == pytest.approx(0.9) and MAX_SHARE == 0.6
+    # An upper group of equal scores cannot be split: it stays (never an infinite loop).
+    assert guarded_otsu_threshold(torch.tensor([0.1, 0.8, 0.8, 0.8])) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="max_share"):
+        otsu(column[:, None], max_share=0.0)
