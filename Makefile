@@ -124,14 +124,17 @@ bench-request-side: $(STAMP)
 	  --processes 1 $$(nproc)
 
 # The labeler on the embedded world (offline): 500 val scenes (generated once under WORLD_DIR),
-# SNIPPETS (grid:3x3) into LABEL_RUN, the mAP table, then a zeta sweep from the stored alpha/beta.
+# SNIPPETS (grid:3x3) into LABEL_RUN with the paper's recipe, the mAP table, then the recipe
+# sweep (zeta and the other rules) from the stored cosines.
 label-world: $(STAMP)
 	@$(CLIP_UP) \
-	$(CDUL) label voc:$(WORLD_DIR):val -o $(LABEL_RUN) --endpoint "$$endpoint" --snippets $(SNIPPETS); \
+	$(CDUL) label voc:$(WORLD_DIR):val -o $(LABEL_RUN) --endpoint "$$endpoint" --snippets $(SNIPPETS) \
+	  --recipe paper; \
 	$(CDUL) label-sweep $(LABEL_RUN)
 
 # The study's Table 2: pseudo-label mAP of global (the "global" column, the same in every run),
-# patch 64/32/16/3 px and the paper's 3x3 grid, one run per spec under TABLE2_RUN, then one table.
+# patch 64/32/16/3 px and the paper's 3x3 grid, one run per spec under TABLE2_RUN (the paper's
+# recipe), then one table.
 # Default: the embedded world with the tiny CLIP. On VOC2012 val:
 #   make table2 VOC_ROOT=/data/VOCdevkit/VOC2012 CLIP_PRETRAINED=/models/RN50-openai.pt
 # (CLIP_MODEL defaults to RN50; CLIP_PRETRAINED=openai needs open_clip's weights cache). patch:3
@@ -141,7 +144,8 @@ table2: $(STAMP)
 	dataset=$${VOC_ROOT:+voc:$(VOC_ROOT):val}; dataset=$${dataset:-voc:$(WORLD_DIR):val}; runs=; \
 	for spec in $(TABLE2_SPECS); do \
 	  run=$(TABLE2_RUN)/$$(echo $$spec | tr ':/' '--'); runs="$$runs $$run"; \
-	  $(CDUL) label "$$dataset" -o $$run --endpoint "$$endpoint" --snippets $$spec --max-in-flight 8; \
+	  $(CDUL) label "$$dataset" -o $$run --endpoint "$$endpoint" --snippets $$spec --recipe paper \
+	    --max-in-flight 8; \
 	done; \
 	$(CDUL) label-report $$runs
 

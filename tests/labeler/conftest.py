@@ -32,8 +32,10 @@ def world_spec(world_root):
 @pytest.fixture
 def make_config(clip_endpoint, world_spec):
     def make(output: str, **changes) -> LabelConfig:
+        # The paper's recipe: these tests check Eq. 1-7 against open_clip computed here.
         base = dict(dataset=world_spec, output=output, endpoints=(clip_endpoint,),
-                    snippet_spec="grid:2x2", progress=False, wait_for_service_s=10.0)  # fmt: skip
+                    snippet_spec="grid:2x2", progress=False, wait_for_service_s=10.0,
+                    recipe_name="paper")  # fmt: skip
         base.update(changes)
         return LabelConfig(**base)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cdul import cli
 from cdul.core.clip_models import register_project_configs
-from cdul.core.method.recipes import LabelRecipe
+from cdul.core.method.recipes import DEFAULT_RECIPE, PAPER_RECIPE, LabelRecipe
 from cdul.core.pseudo_labels import MANIFEST, read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labeler.job import label
@@ -45,6 +45,28 @@ def test_a_recipe_run_equals_the_recipe_recomputed_from_a_paper_run(make_config,
     mixed = 0.25 * labels["global"][7] + 0.75 * top2
     bias = torch.tensor(stored["class_bias"])
     assert torch.allclose(labels["final"][7], (mixed * bias.mean() / bias).clamp(0, 1), atol=1e-6)
+
+
+def test_the_default_recipe_is_max_with_a_quarter_global_and_paper_is_one_flag_away(
+    make_config, tmp_path
+):
+    assert (
+        LabelRecipe("max", global_weight=0.25) == DEFAULT_RECIPE and LabelRecipe() == PAPER_RECIPE
+    )
+    _, paper, _ = label(make_config(f"file://{tmp_path}/paper", limit=20))
+    run = f"file://{tmp_path}/default"
+    _, default, _ = label(make_config(run, limit=20, recipe_name="default"))
+    assert open_store(run).read_json(MANIFEST)["recipe"] == {
+        "aggregation": "max", "global_weight": 0.25, "debias": "none"
+    }  # fmt: skip
+    # max from alpha: final = 0.25 * global + 0.75 * alpha, the paper run's stored vectors.
+    assert torch.allclose(default["aggregate"], paper["alpha"], atol=1e-6)
+    expected = 0.25 * paper["global"] + 0.75 * paper["alpha"]
+    assert torch.allclose(default["final"], expected, atol=1e-6)
+    # The recipe flags change the named recipe's parts.
+    changed = make_config("x", recipe_name="default", global_weight=0.5).recipe()
+    assert changed == LabelRecipe("max", global_weight=0.5)
+    assert make_config("x", recipe_name="paper", zeta=0.25).recipe() == LabelRecipe(zeta=0.25)
 
 
 def test_without_stored_cosines_the_sweep_says_what_it_skips(make_config, tmp_path, capsys):

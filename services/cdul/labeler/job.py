@@ -25,6 +25,7 @@ sends those whenever the recipe needs them or the run keeps them (the default;
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -44,8 +45,7 @@ from tqdm import tqdm
 from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
 from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
 from cdul.core.label_set import DEFAULT_TEMPLATE, read_templates
-from cdul.core.method.aggregation import DEFAULT_ZETA
-from cdul.core.method.recipes import DEBIAS, DEFAULT_GLOBAL_WEIGHT, PAPER, LabelRecipe
+from cdul.core.method.recipes import AGGREGATION_FORMS, DEBIAS, NAMED_RECIPES, LabelRecipe
 from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, SNIPPET_FORMS, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
@@ -84,23 +84,30 @@ class LabelConfig:
         DEFAULT_SNIPPET_SPEC, f"{SNIPPET_FORMS} (dense: ResNet CLIPs)",
         flag="--snippets", group="label recipe",
     )  # fmt: skip
-    zeta: float = setting(DEFAULT_ZETA, "Eq. 6 threshold (--aggregation paper)",
-                          group="label recipe")  # fmt: skip
+    recipe_name: str = setting(
+        "default", "the label recipe to start from: default (max over snippets, global weight "
+        "0.25, chosen by measurement) or paper (the CDUL paper's Eq. 5-7); the recipe flags "
+        "below change parts of it", flag="--recipe", choices=tuple(NAMED_RECIPES),
+        group="label recipe",
+    )  # fmt: skip
+    zeta: float | None = setting(None, "Eq. 6 threshold (--aggregation paper; default 0.5)",
+                                 type=float, group="label recipe")  # fmt: skip
     template: str = setting(DEFAULT_TEMPLATE, "prompt template", group="label recipe")
     templates: str | None = setting(
         None, "a prompt ensemble instead of --template: openai or simple (open_clip's "
         "ImageNet sets, 80 and 7 templates) or a file of templates, one per line",
         metavar="SET|FILE", group="label recipe",
     )  # fmt: skip
-    aggregation: str = setting(PAPER, "snippet scores per class: paper (Eq. 5-6), max, mean "
-                               "or topk:K", group="label recipe")  # fmt: skip
-    global_weight: float = setting(
-        DEFAULT_GLOBAL_WEIGHT, "weight w of the global score: w*global + (1-w)*aggregate "
-        "(Eq. 7: 0.5)", group="label recipe",
+    aggregation: str | None = setting(None, f"snippet scores per class: {AGGREGATION_FORMS} "
+                                      "(default: the recipe's)", type=str,
+                                      group="label recipe")  # fmt: skip
+    global_weight: float | None = setting(
+        None, "weight w of the global score: w*global + (1-w)*aggregate (Eq. 7: 0.5; default: "
+        "the recipe's)", type=float, group="label recipe",
     )  # fmt: skip
-    debias: str = setting("none", "class-mean: divide each class by its mean top-1 score "
-                          "over the dataset (CCD), at merge", choices=DEBIAS,
-                          group="label recipe")  # fmt: skip
+    debias: str | None = setting(None, "class-mean: divide each class by its mean top-1 score "
+                                 "over the dataset (CCD), at merge (default: the recipe's, none)",
+                                 choices=DEBIAS, group="label recipe")  # fmt: skip
     store_cosines: bool = setting(
         True, "do not store every snippet's cosines (S x C floats per image; label-sweep "
         "then recomputes only the paper and max rules)",
@@ -144,7 +151,11 @@ class LabelConfig:
             raise ConfigError("no CLIP service endpoint given (--endpoint or $CDUL_CLIP_ENDPOINTS)")
 
     def recipe(self) -> LabelRecipe:
-        return LabelRecipe(self.aggregation, self.zeta, self.global_weight, self.debias)
+        """The named recipe with what the recipe flags change."""
+        base = NAMED_RECIPES[self.recipe_name]
+        changes = {"aggregation": self.aggregation, "zeta": self.zeta,
+                   "global_weight": self.global_weight, "debias": self.debias}  # fmt: skip
+        return dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
 
     def prompt_templates(self) -> list[str] | None:
         return None if self.templates is None else list(read_templates(self.templates))
@@ -214,7 +225,7 @@ class ShardJob:
         self.template = LabelManifest(
             dataset=source.spec, classes=list(source.classes), template=config.template,
             clip_model=info.model_name, clip_pretrained=info.pretrained, snippet_spec=self.spec,
-            zeta=config.zeta, num_shards=config.num_shards, code_version=code_version(),
+            zeta=self.recipe.zeta, num_shards=config.num_shards, code_version=code_version(),
             created="", shard_index=config.shard_index, limit=config.limit, templates=templates,
             recipe=recipe, logit_scale=self.logit_scale,
         )  # fmt: skip
