@@ -221,7 +221,9 @@ def test_bad_items_in_a_batch_get_their_own_4xx(client: Client, served_model: Se
         responses = list(pool.map(lambda item: client.predict(item[1], item[2]), mixed))
     for (name, body, _, words), response in zip(mixed, responses, strict=True):
         if words is None:
-            assert_prediction(response, served_model.expected(body), 0.5)
+            assert_prediction(
+                response, served_model.expected(body), served_model.config.decision_thresholds()
+            )
         else:
             assert 400 <= response.status < 500, name
     shared = [int(r.headers.get("x-batch-size", "1")) for r in responses]
@@ -233,8 +235,9 @@ def test_sixteen_concurrent_clients_all_correct(client: Client, served_model: Se
     expected = served_model.expected_many(images)
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda image: client.predict(image, "image/jpeg"), images))
+    thresholds = served_model.config.decision_thresholds()
     for response, probabilities in zip(responses, expected, strict=True):
-        assert_prediction(response, probabilities, 0.5)
+        assert_prediction(response, probabilities, thresholds)
     assert max(int(r.headers["x-batch-size"]) for r in responses) > 1
 
 
