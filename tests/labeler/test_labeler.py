@@ -50,9 +50,14 @@ def test_end_to_end_on_the_world_matches_open_clip(make_config, s3_env, world_ro
     ev = m.evaluation
     assert ev["final"]["mAP"] > ev["global"]["mAP"] + 0.1
     assert ev == store.read_json(EVALUATION_JSON)
-    assert ev["final"]["mAP"] == pytest.approx(evaluation["final"].mean_ap)
+    assert ev["final"]["mAP"] == pytest.approx(evaluation.ranking["final"].mean_ap)
+    # ...and as labels: F1 at the run's label-free thresholds, below its ceiling.
+    hard, best = ev["final"]["labels"], ev["final"]["ceiling"]
+    assert hard["macro_f1"] == pytest.approx(evaluation.labels["final"].macro_f1)
+    assert 0.3 < hard["macro_f1"] <= best["macro_f1"] and hard["truth_per_image"] > 2
     csv = store.read_text(EVALUATION_CSV).splitlines()
-    assert csv[0] == "class,positives,global,aggregate,final" and csv[-1].startswith("mAP,300,")
+    assert csv[0] == "class,positives,global,aggregate,final,global_f1,aggregate_f1,final_f1"
+    assert csv[-1].startswith("mAP,300,")
     # The shard is plain Parquet.
     shard = store.read_bytes("pseudo_labels/shards/shard-00000-of-00001.parquet")
     frame = pd.read_parquet(io.BytesIO(shard))
@@ -101,6 +106,7 @@ def test_two_shards_and_merge_equal_one_run(make_config, s3_env, monkeypatch, ca
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
     argv = ["label", make_config("").dataset, "-o", sharded, "--endpoint",
             make_config("").endpoints[0], "--snippets", "grid:2x2", "--limit", "60",
+            "--recipe", "paper",
             "--num-shards", "2", "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
     assert "cdul label-merge" in capsys.readouterr().out

@@ -64,7 +64,7 @@ def test_sigkill_at_random_points_then_rerun_equals_an_unbroken_run(make_config,
     store = open_store(config.output)
     argv = ["label", config.dataset, "-o", config.output, "--endpoint", config.endpoints[0],
             "--snippets", config.snippet_spec, "--limit", str(IMAGES), "--part-size", str(part),
-            "--max-in-flight", "2", "--no-progress"]  # fmt: skip
+            "--max-in-flight", "2", "--no-progress", "--recipe", config.recipe_name]  # fmt: skip
     parts_prefix = f"{PREFIX}/parts/"
     rng = random.Random(20231)
     for kill in range(3):
