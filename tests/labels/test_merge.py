@@ -6,6 +6,7 @@ import pytest
 import torch
 from support.shards import manifest, write
 
+from cdul import cli
 from cdul.core.pseudo_labels import (
     MANIFEST,
     LabelManifest,
@@ -112,3 +113,15 @@ def test_debiasing_is_computed_at_merge_and_applied_on_reading(store):
     assert torch.allclose(labels["final"], expected)
     assert torch.allclose(read_pseudo_labels(store)["final"], expected)
     assert torch.equal(read_pseudo_labels(store)["aggregate"], final)  # final only
+
+
+def test_a_class_without_positive_evidence_is_named_and_never_fires(store, capsys):
+    # dog scores 0.5 on every image: no split, the threshold 'never' (null in the manifest).
+    final = torch.tensor([[0.9, 0.5], [0.1, 0.5], [0.2, 0.5]])
+    vecs = {name: final for name in ("global", "alpha", "beta", "aggregate", "final")}
+    write_shard(store, manifest(count=1, classes=["cat", "dog"]),
+                to_table(["a", "b", "c"], vecs, None))  # fmt: skip
+    assert cli.main(["label-merge", store.uri]) == 0
+    out = capsys.readouterr().out
+    assert "no positive evidence (every final score equal): dog got the threshold 'never'" in out
+    assert store.read_json(MANIFEST)["thresholds"]["final"] == [pytest.approx(0.9), None]

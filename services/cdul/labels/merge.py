@@ -209,6 +209,11 @@ def describe(store: ObjectStore, labels: PseudoLabels, evaluation) -> str:
         f"{m.label_recipe()}"
     ]
     lines += [f"  skipped {s['image_id']} ({s['path']}): {s['reason']}" for s in m.skipped]
+    never = [c for c, t in zip(m.classes, (m.thresholds or {}).get("final", []), strict=False)
+             if t is None]  # fmt: skip
+    if never:
+        lines.append(f"  no positive evidence (every final score equal): {', '.join(never)} "
+                     "got the threshold 'never' and are nobody's label")  # fmt: skip
     if evaluation is not None:
         lines += ["", table(evaluation)]
     return "\n".join(lines)

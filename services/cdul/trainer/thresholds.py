@@ -105,7 +105,8 @@ def describe(
     chosen: DecisionThresholds, classes: list[str], report: ValReport | None
 ) -> dict[str, object]:
     """Log the choice (and, with a report, how it does on --val); the record stored."""
-    shown = ", ".join(f"{c} {t:.3f}" for c, t in zip(classes, chosen.values.tolist(), strict=True))
+    shown = ", ".join(f"{c} {'never' if math.isinf(t) else f'{t:.3f}'}"
+                      for c, t in zip(classes, chosen.values.tolist(), strict=True))  # fmt: skip
     log.info("decision thresholds (%s): %s", chosen.source, shown)
     record: dict[str, object] = {"classes": classes, "source": chosen.source,
                                  "thresholds": list(chosen.for_config())}  # fmt: skip
