@@ -116,6 +116,13 @@ bench-recipes: $(STAMP) world-models
 	$(PY) benchmarks/label_recipes.py --seeds 0,1 --train \
 	  --results benchmarks/results/label_recipes_world_cpu_fp32.csv
 
+# Hard labels without ground truth: label-free thresholds vs one 0.5 vs the ceiling, pseudo
+# labels and the served classifier, on world seeds nothing was chosen on.
+.PHONY: bench-hard-labels
+bench-hard-labels: $(STAMP) world-models
+	$(PY) benchmarks/hard_labels.py --seeds 5,6,7 \
+	  --results benchmarks/results/hard_labels_world_cpu_fp32.csv
+
 # The CPU proxy of the CLIP service's request side: the device's work as no-ops,
 # one server process and as many as this machine has cores, side by side.
 .PHONY: bench-request-side

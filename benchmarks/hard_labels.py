@@ -117,8 +117,9 @@ def seed_rows(seed: int, recipe_name: str, endpoint: str, args: argparse.Namespa
         label(config)
     labels = read_pseudo_labels(open_store(f"file://{run}"))
     truth, classes, final = labels.ground_truth, list(labels.classes), labels["final"]
-    base = {"seed": seed, "recipe": str(recipe), "pseudo_label_mAP":
-            round(evaluate(final, truth, classes).mean_ap, 4)}  # fmt: skip
+    mean_ap = round(evaluate(final, truth, classes).mean_ap, 4)
+    base = {"seed": seed, "recipe": str(recipe), "pseudo_label_mAP": mean_ap,
+            "classifier_val_mAP": ""}  # fmt: skip
     rows = [{**base, "what": "pseudo labels (train)", "rule": "ceiling (ground truth)",
              **f1_row(final >= calibrated(final, truth), truth, classes)}]  # fmt: skip
     rows += [{**base, "what": "pseudo labels (train)", "rule": name, **f1_row(rule(final), truth,
