@@ -251,7 +251,7 @@ def test_ddp_two_processes_gloo(world_labels, world_root, world_backbone, tmp_pa
     rows = read_metrics(f"file://{output}")
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[-1]["labels_updated"]
     assert sorted(p.name for p in (output / "training").iterdir()) == [
-        "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl"
+        "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl", "thresholds.json"
     ]  # fmt: skip
     assert json.loads(done.stdout.strip().splitlines()[-1])["epoch"] == 2  # rank 0 only
     state = torch.load(output / "training" / "checkpoint.pt", weights_only=True)

@@ -25,6 +25,7 @@ import torch
 from cdul.core.evaluation import LabelF1, label_f1
 from cdul.core.method.thresholds import calibrated
 from cdul.core.pseudo_labels import PseudoLabels
+from cdul.core.thresholds_file import thresholds_to_json
 from cdul.labels.reading import over_threshold, run_thresholds
 
 log = logging.getLogger("cdul.trainer")
@@ -38,8 +39,8 @@ class DecisionThresholds:
     source: str
 
     def for_config(self) -> tuple[float | None, ...]:
-        """As the classifier config stores them (None: never)."""
-        return tuple(None if math.isinf(t) else float(t) for t in self.values.tolist())
+        """As the classifier config stores them: float32-exact decimals, None = never."""
+        return tuple(thresholds_to_json(self.values))
 
 
 def hard_pseudo_labels(labels: PseudoLabels, vector: str) -> tuple[torch.Tensor, str]:
@@ -73,8 +74,7 @@ class ValReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"chosen": self.chosen.to_dict(), "best": self.best.to_dict(),
-                "best_thresholds": [None if math.isinf(t) else t
-                                    for t in self.best_thresholds.tolist()]}  # fmt: skip
+                "best_thresholds": thresholds_to_json(self.best_thresholds)}  # fmt: skip
 
 
 def val_report(
