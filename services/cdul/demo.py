@@ -233,8 +233,8 @@ def summarise(
     final = pseudo["final"]
     rows = [
         ("pseudo-label mAP, global (Eq. 2)", pseudo["global"]["mAP"]),
-        ("pseudo-label mAP, aggregate (Eq. 6)", pseudo["aggregate"]["mAP"]),
-        ("pseudo-label mAP, final (Eq. 7)", final["mAP"]),
+        ("pseudo-label mAP, aggregate (the snippets' per class)", pseudo["aggregate"]["mAP"]),
+        ("pseudo-label mAP, final (the label: global and aggregate mixed)", final["mAP"]),
         ("pseudo labels (final), macro-F1 at label-free thresholds", final["labels"]["macro_f1"]),
         (f"pseudo-label mAP after training (epoch {last['epoch']})", last["pseudo_label_map"]),
         (f"val mAP of the served classifier ({served.scenes} scenes over HTTP)",
@@ -246,7 +246,7 @@ def summarise(
     print(f"CDUL demo: {args.train_scenes} training scenes, {args.snippets}, "
           f"{args.epochs} epochs, {seconds:.0f} s")  # fmt: skip
     for name, value in rows:
-        print(f"  {name:<58}{value:>8.3f}")
+        print(f"  {name:<64}{value:>8.3f}")
     print(
         f"  served labels per image {served.labels.labels_per_image:.2f} (truth "
         f"{served.labels.truth_per_image:.2f}); with the held-out ground truth picking each "
