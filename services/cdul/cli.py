@@ -69,8 +69,18 @@ COMMANDS: dict[str, Command] = {
     "label-import": Command(
         "cdul.labels.import_", "reviewed labels (Label Studio export, CSV) into a run for training"
     ),
+    "label-studio-backend": Command(
+        "cdul.label_studio.backend",
+        "a Label Studio ML backend: a run's labels as predictions, annotations into the run",
+    ),
     "train": Command(
         "cdul.trainer.command", "train the classifier on pseudo labels (Eq. 8), export a .mar"
+    ),
+    "cross-fit": Command(
+        "cdul.trainer.crossfit", "out-of-sample predictions on a run's images for the review queue"
+    ),
+    "label-queue": Command(
+        "cdul.labels.queue", "the review queue: (image, class) labels most likely wrong first"
     ),
 }
 

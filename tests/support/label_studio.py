@@ -70,11 +70,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(workdir: Path, timeout_s: float = 240) -> Iterator[LabelStudio]:
-    """Start Label Studio (SQLite under ``workdir``), log in, stop it afterwards."""
+def running(
+    workdir: Path, timeout_s: float = 240, env: dict[str, str] | None = None
+) -> Iterator[LabelStudio]:
+    """Start Label Studio (SQLite under ``workdir``; ``env`` added to its environment),
+    log in, stop it afterwards."""
     port = _free_port()
     env = {**os.environ, "LABEL_STUDIO_USERNAME": EMAIL, "LABEL_STUDIO_PASSWORD": PASSWORD,
-           "LABEL_STUDIO_BASE_DATA_DIR": str(workdir), "HOME": str(workdir)}  # fmt: skip
+           "LABEL_STUDIO_BASE_DATA_DIR": str(workdir), "HOME": str(workdir), **(env or {})}  # fmt: skip
     log = (workdir / "label-studio.log").open("w")
     process = subprocess.Popen(
         [executable(), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),

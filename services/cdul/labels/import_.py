@@ -22,8 +22,6 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import torch
-
 from cdul.core.errors import ConfigError
 from cdul.core.evaluation import Evaluation
 from cdul.core.pseudo_labels import (
@@ -38,9 +36,10 @@ from cdul.core.pseudo_labels import (
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import ObjectStore, open_location, open_store
 from cdul.core.version import code_version
-from cdul.labels.formats import READABLE, Decisions, guess_format
+from cdul.labels.formats import READABLE, guess_format
 from cdul.labels.merge import describe, merge_run
-from cdul.labels.reading import LabelReading, Thresholds, over_threshold
+from cdul.labels.reading import LabelReading
+from cdul.labels.reviews import Review, apply_decisions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,63 +56,6 @@ class ImportConfig(LabelReading):
         None, "the reviewed file's format (default: from its name, else its contents)",
         choices=tuple(READABLE),
     )  # fmt: skip
-
-
-@dataclass
-class Review:
-    """The reviewed vector and what changed, against the run's labels at ``thresholds``."""
-
-    vector: torch.Tensor
-    reviewed: list[str]
-    changed: list[dict[str, Any]]
-    thresholds: Thresholds
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "images_reviewed": len(self.reviewed),
-            "images_changed": len(self.changed),
-            "labels_added": sum(len(c["added"]) for c in self.changed),
-            "labels_removed": sum(len(c["removed"]) for c in self.changed),
-        }
-
-
-def apply_review(
-    labels: PseudoLabels, decisions: Decisions, config: ImportConfig, marked: bool
-) -> Review:
-    """The run's ``config.vector`` with the decisions in; refuses unknown ids or classes.
-    ``marked``: each decision is a reviewer's; otherwise only those that change a row's
-    labels count as reviewed."""
-    source = config.reviewed
-    position = {image_id: i for i, image_id in enumerate(labels.ids)}
-    strangers = [image_id for image_id in decisions if image_id not in position]
-    if strangers:
-        raise ConfigError(
-            f"{source}: {len(strangers)} image id(s) are not in {config.run} "
-            f"(e.g. {strangers[0]!r}): was it exported from this run?"
-        )
-    index = {c: j for j, c in enumerate(labels.classes)}
-    unknown = sorted({c for chosen in decisions.values() for c in chosen if c not in index})
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown class name(s) {unknown}; {config.run} has {labels.classes}"
-        )
-    thresholds = config.thresholds_for(labels)
-    before = over_threshold(labels[config.vector], thresholds.values)
-    vector = labels[config.vector].clone()
-    reviewed, changed = [], []
-    for image_id, chosen in decisions.items():
-        i = position[image_id]
-        had = {labels.classes[j] for j in before[i].nonzero()[0]}
-        if not marked and set(chosen) == had:
-            continue
-        vector[i] = 0.0
-        vector[i, [index[c] for c in chosen]] = 1.0
-        reviewed.append(image_id)
-        if set(chosen) != had:
-            added = [c for c in chosen if c not in had]
-            removed = [c for c in labels.classes if c in had and c not in chosen]
-            changed.append({"image_id": image_id, "added": added, "removed": removed})
-    return Review(vector, reviewed, changed, thresholds)
 
 
 def open_runs(config: ImportConfig) -> tuple[ObjectStore, ObjectStore]:
@@ -148,7 +90,14 @@ def import_review(config: ImportConfig) -> Imported:
     assert fmt.read is not None  # READABLE holds the formats with a reader
     name = fmt.name
     labels = read_pseudo_labels(source)
-    review = apply_review(labels, fmt.read(text, config.reviewed), config, fmt.reviewed)
+    review = apply_decisions(
+        labels,
+        fmt.read(text, config.reviewed),
+        config.vector,
+        config.thresholds_for(labels),
+        marked=fmt.reviewed,
+        source=config.reviewed,
+    )
     now = datetime.datetime.now(datetime.UTC).isoformat()
     record = {
         "source": store.uri_for(key), "format": name, "run": source.uri,

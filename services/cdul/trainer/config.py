@@ -67,6 +67,12 @@ class TrainConfig:
         group=ALIGN,
         choices=UPDATE_LOGITS,
     )
+    hold_out: str | None = setting(
+        None,
+        "K/N: train without fold K (0-based) of N, folds by a hash of the image id, and "
+        "write the held-out images' predictions (cdul cross-fit runs every fold)",
+        metavar="K/N",
+    )
     seed: int = setting(0, "random seed", group=RUN)
     device: str = setting("auto", "auto (CUDA when present), cpu or cuda", group=RUN,
                           choices=("auto", "cpu", "cuda"))  # fmt: skip
@@ -110,8 +116,15 @@ class TrainConfig:
             raise ConfigError(f"--update-logits must be one of {', '.join(UPDATE_LOGITS)}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"--threshold must be within [0, 1], got {self.threshold}")
+        if self.hold_out is not None:
+            fold_of(self.hold_out)  # refuses a malformed K/N
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+
+    @property
+    def fold(self) -> tuple[int, int] | None:
+        """``(K, N)`` of ``--hold-out K/N``, None without one."""
+        return None if self.hold_out is None else fold_of(self.hold_out)
 
     def updates_labels_in(self, epoch: int) -> bool:
         """Whether the pseudo labels are aligned at the end of 0-based ``epoch``: from
@@ -130,6 +143,17 @@ class TrainConfig:
         """Settings in which this config differs from a checkpoint's, runtime ones aside."""
         return differences(stored, self.to_json(), ignore=RUNTIME_FIELDS,
                            stored_as="checkpoint has", current_as="this command")  # fmt: skip
+
+
+def fold_of(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N`` and ``N >= 2``."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--hold-out must be K/N (e.g. 0/2), got {text!r}") from None
+    if n < 2 or not 0 <= k < n:
+        raise ConfigError(f"--hold-out {text}: need N >= 2 folds and 0 <= K < N")
+    return k, n
 
 
 #: Named recipes (torchvision's references: the command behind each number). A preset

@@ -43,7 +43,9 @@ from cdul.core.errors import ConfigError
 from cdul.core.evaluation import evaluate
 from cdul.core.method.alignment import align_latent, bernoulli_kl, from_latent, to_latent
 from cdul.core.method.thresholds import calibrated
+from cdul.core.pseudo_labels import write_table
 from cdul.core.storage import ObjectStore, open_store
+from cdul.labels import out_of_fold
 from cdul.trainer import checkpoint, distributed
 from cdul.trainer.backbone import load_backbone
 from cdul.trainer.config import TrainConfig
@@ -104,7 +106,12 @@ class Trainer:
         self.channels_last = cuda if config.channels_last is None else config.channels_last
         self.store: ObjectStore = open_store(config.output, create_bucket=env.is_main)
         self.data: TrainData = load_train_data(
-            config.labels, config.images, config.val, config.label_vector, config.image_size
+            config.labels,
+            config.images,
+            config.val,
+            config.label_vector,
+            config.image_size,
+            config.fold,
         )
         self.num_images = len(self.data.train)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -269,6 +276,9 @@ class Trainer:
                 self.latent = align_latent(
                     self.latent, source, config.label_step, config.sigma, config.eps
                 )
+                # A reviewer's label is not the network's to move.
+                reviewed = self.data.reviewed
+                self.latent[reviewed] = to_latent(self.data.initial_labels[reviewed], config.eps)
                 drift = distributed.broadcast_(env, self.latent)
                 if drift > 0:
                     log.warning("rank %d: pseudo labels diverged from rank 0's by %g; "
@@ -308,6 +318,8 @@ class Trainer:
                 model_name=config.model_name, thresholds=thresholds, archive=config.archive,
             )  # fmt: skip
             log.info("exported %s", ", ".join(self.store.uri_for(k) for k in keys))
+        if self.data.held_out is not None:
+            self._write_held_out(thresholds)  # every rank: predict() gathers
         distributed.barrier(env)
         return self.history
 
@@ -328,6 +340,20 @@ class Trainer:
         if self.env.is_main:
             self.store.write_json(THRESHOLDS_KEY, describe(chosen, classes, report))
         return chosen
+
+    def _write_held_out(self, thresholds: DecisionThresholds) -> None:
+        """--hold-out: the held-out fold's probabilities with this run's thresholds."""
+        assert self.data.held_out is not None and self.data.held_out_ids is not None
+        probabilities = torch.sigmoid(self.predict(self.data.held_out))
+        if self.env.is_main:
+            n = len(self.data.held_out_ids)
+            k, _ = self.config.fold or (0, 0)
+            table = out_of_fold.to_table(
+                self.data.held_out_ids, probabilities,
+                thresholds.values.float()[None, :].expand(n, -1), torch.full((n,), k),
+            )  # fmt: skip
+            write_table(self.store, out_of_fold.HELD_OUT, table)
+            log.info("held-out predictions: %s", self.store.uri_for(out_of_fold.HELD_OUT))
 
     def _write_record(self) -> None:
         manifest = self.data.labels.manifest

@@ -96,7 +96,7 @@ def write_label_studio(exported: Exported, config: ExportConfig) -> dict[str, st
     return {config.output: json_text(tasks), xml_out: labeling_config(exported.classes)}
 
 
-def _annotation_choices(annotation: dict[str, Any], where: str) -> list[str]:
+def annotation_choices(annotation: dict[str, Any], where: str) -> list[str]:
     results = annotation.get("result", [])
     if not isinstance(results, list):
         raise ConfigError(f"{where}: 'result' is not a list")
@@ -145,7 +145,7 @@ def read_label_studio(text: str, source: str) -> Decisions:
             continue
         if image_id in decisions:
             raise ConfigError(f"{where}: image {image_id!r} is annotated in two tasks")
-        decisions[image_id] = _annotation_choices(max(kept, key=lambda t: t[:2])[2], where)
+        decisions[image_id] = annotation_choices(max(kept, key=lambda t: t[:2])[2], where)
     return decisions
 
 
