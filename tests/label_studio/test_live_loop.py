@@ -42,8 +42,9 @@ LOCAL_BACKENDS = {"ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "fals
 
 
 def choices(names: list[str]) -> list[dict]:
-    return [{"from_name": "labels", "to_name": "image", "type": "choices",
-             "value": {"choices": names}}]  # fmt: skip
+    return [
+        {"from_name": "labels", "to_name": "image", "type": "choices", "value": {"choices": names}}
+    ]
 
 
 def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(tmp_path):
@@ -53,14 +54,16 @@ def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(tmp
     server = serve(BackendConfig(run=run["uri"], host="127.0.0.1", port=0))
     backend = server.backend  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    tasks = json.loads(do_export(run, "label-studio", "tasks.json",
-                                 image_root=str(run["images"])).read_text())  # fmt: skip
+    tasks = json.loads(
+        do_export(run, "label-studio", "tasks.json", image_root=str(run["images"])).read_text()
+    )
     workdir = tmp_path / "label-studio"
     workdir.mkdir()
     try:
         with label_studio.running(workdir, env=LOCAL_BACKENDS) as studio:
-            pid = studio.call("POST", "/api/projects",
-                              {"title": "live", "label_config": labeling_config(CLASSES)})["id"]  # fmt: skip
+            pid = studio.call(
+                "POST", "/api/projects", {"title": "live", "label_config": labeling_config(CLASSES)}
+            )["id"]
             ml = studio.call("POST", "/api/ml", {"url": url, "project": pid, "title": "cdul"})
             assert ml["state"] in ("CO", "CONNECTED"), ml  # it called /health and /setup
             seen = {s.labels["route"] for s in _samples(backend, "cdul_ls_backend_requests")}
@@ -71,8 +74,11 @@ def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(tmp
             listed = studio.call("GET", f"/api/tasks?project={pid}&fields=all")
             listed = listed["tasks"] if isinstance(listed, dict) else listed
             task_of = {t["data"]["cdul_id"]: t["id"] for t in listed}
-            studio.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
-                        {"selectedItems": {"all": True, "excluded": []}})  # fmt: skip
+            studio.call(
+                "POST",
+                f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+                {"selectedItems": {"all": True, "excluded": []}},
+            )
             expected_scores = priorities(*_labels_and_store(run)).image_scores().tolist()
             for k, image_id in enumerate(IDS):
                 (prediction,) = studio.call("GET", f"/api/predictions?task={task_of[image_id]}")
@@ -81,13 +87,20 @@ def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(tmp
                 assert prediction["score"] == pytest.approx(expected_scores[k])
             # The reviewer: a.png is a dog only; b.png first all three, then corrected to
             # cat; sub/c d.png annotated, then the annotation deleted.
-            studio.call("POST", f"/api/tasks/{task_of['a.png']}/annotations",
-                        {"result": choices(["dog"])})  # fmt: skip
-            b = studio.call("POST", f"/api/tasks/{task_of['b.png']}/annotations",
-                            {"result": choices(list(CLASSES))})  # fmt: skip
+            studio.call(
+                "POST", f"/api/tasks/{task_of['a.png']}/annotations", {"result": choices(["dog"])}
+            )
+            b = studio.call(
+                "POST",
+                f"/api/tasks/{task_of['b.png']}/annotations",
+                {"result": choices(list(CLASSES))},
+            )
             studio.call("PATCH", f"/api/annotations/{b['id']}", {"result": choices(["cat"])})
-            c = studio.call("POST", f"/api/tasks/{task_of['sub/c d.png']}/annotations",
-                            {"result": choices(["fish & \"chips\" <x>"])})  # fmt: skip
+            c = studio.call(
+                "POST",
+                f"/api/tasks/{task_of['sub/c d.png']}/annotations",
+                {"result": choices(['fish & "chips" <x>'])},
+            )
             studio.call("DELETE", f"/api/annotations/{c['id']}")
     finally:
         server.shutdown()

@@ -77,7 +77,8 @@ def running(
     log in, stop it afterwards."""
     port = _free_port()
     env = {**os.environ, "LABEL_STUDIO_USERNAME": EMAIL, "LABEL_STUDIO_PASSWORD": PASSWORD,
-           "LABEL_STUDIO_BASE_DATA_DIR": str(workdir), "HOME": str(workdir), **(env or {})}  # fmt: skip
+           "LABEL_STUDIO_BASE_DATA_DIR": str(workdir), "HOME": str(workdir),
+           **(env or {})}  # fmt: skip
     log = (workdir / "label-studio.log").open("w")
     process = subprocess.Popen(
         [executable(), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),

@@ -19,8 +19,9 @@ HALF = torch.tensor([0.5, 0.5])
 def test_distance_and_hard_labels():
     assert review.hard_labels(SCORES, HALF).tolist() == [[True, False]]
     # |2 ln2 - 0| and |-ln2 - 0|
-    torch.testing.assert_close(review.distance(SCORES, HALF),
-                               torch.tensor([[2 * LN2, LN2]], dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(
+        review.distance(SCORES, HALF), torch.tensor([[2 * LN2, LN2]], dtype=torch.float64)
+    )
 
 
 def test_evidence_is_the_mean_of_each_piece_against_the_label():
@@ -28,10 +29,13 @@ def test_evidence_is_the_mean_of_each_piece_against_the_label():
     glob = torch.tensor([[1 / 3, 2 / 3]])  # against label 1: 0 - (-ln2) = ln2;
     #                                        against label 0: -(0 - ln2) = ln2
     snip = torch.tensor([[0.8, 0.2]])  # label 1: 0 - 2ln2 = -2ln2; label 0: -(0 + 2ln2) = -2ln2
-    torch.testing.assert_close(review.against(hard, glob, HALF),
-                               torch.tensor([[LN2, LN2]], dtype=torch.float64))  # fmt: skip
-    torch.testing.assert_close(review.evidence(hard, [(glob, HALF), (snip, HALF)]),
-                               torch.tensor([[-LN2 / 2, -LN2 / 2]], dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(
+        review.against(hard, glob, HALF), torch.tensor([[LN2, LN2]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        review.evidence(hard, [(glob, HALF), (snip, HALF)]),
+        torch.tensor([[-LN2 / 2, -LN2 / 2]], dtype=torch.float64),
+    )
 
 
 def test_priority_order_and_scores():
@@ -56,8 +60,10 @@ def test_ties_keep_row_major_order_and_thresholds_per_image():
     assert review.review_order(r).tolist() == [[0, 1], [1, 0], [0, 0], [1, 1]]
     hard = torch.tensor([[True], [True]])
     per_image = torch.tensor([[0.5], [0.8]])  # each image's fold's own threshold
-    torch.testing.assert_close(review.against(hard, torch.tensor([[0.5], [0.5]]), per_image),
-                               torch.tensor([[0.0], [2 * LN2]], dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(
+        review.against(hard, torch.tensor([[0.5], [0.5]]), per_image),
+        torch.tensor([[0.0], [2 * LN2]], dtype=torch.float64),
+    )
 
 
 def test_extremes_are_finite():

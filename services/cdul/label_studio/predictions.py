@@ -1,8 +1,9 @@
 """What the backend answers Label Studio's ``/predict`` with: a run's labels by image.
 
 A task's image is found by ``data.cdul_id`` (tasks ``cdul label-export --format
-label-studio`` wrote carry it), else by its image URL's file name without the suffix
-(``.../images/000123.jpg`` -> ``000123``, the id a VOC or folder run gives it). Such an
+label-studio`` wrote carry it), else by its image URL's path: its trailing parts, then
+without the suffix (``/data/local-files/?d=images/sub/a.png`` -> ``sub/a.png`` of a folder
+run; ``.../JPEGImages/000123.jpg`` -> ``000123`` of a VOC run). Such an
 image is answered from the run in memory: its labels at the run's thresholds, and
 ``score`` its review score (:mod:`cdul.labels.queue`: lowest = its most doubtful label
 is the most likely wrong), so sorting the Data Manager by prediction score ascending is
@@ -88,12 +89,16 @@ def image_url(task: dict) -> str | None:
     return strings[0] if len(strings) == 1 else None
 
 
-def url_stem(url: str) -> str:
-    """``000123`` of ``/data/local-files/?d=images/000123.jpg`` or ``s3://b/x/000123.jpg``."""
+def id_candidates(url: str) -> list[str]:
+    """The image ids an image URL may stand for, the most specific first: its path's
+    trailing parts (``images/sub/a.png``, ``sub/a.png``, ``a.png``: a folder run's ids are
+    relative paths), then the same without the suffix (``a``: a VOC run's ids)."""
     parsed = urllib.parse.urlparse(url)
     query = urllib.parse.parse_qs(parsed.query)
     path = query["d"][0] if "d" in query else urllib.parse.unquote(parsed.path)
-    return posixpath.splitext(posixpath.basename(path))[0]
+    parts = [p for p in path.split("/") if p]
+    tails = ["/".join(parts[k:]) for k in range(len(parts))]
+    return tails + [posixpath.splitext(t)[0] for t in tails]
 
 
 class RunPredictions:
@@ -115,7 +120,9 @@ class RunPredictions:
         if isinstance(data, dict) and isinstance(data.get("cdul_id"), str):
             return self.position.get(data["cdul_id"])
         url = image_url(task)
-        return None if url is None else self.position.get(url_stem(url))
+        if url is None:
+            return None
+        return next((self.position[c] for c in id_candidates(url) if c in self.position), None)
 
     def chosen(self, i: int) -> list[str]:
         return [c for c, on in zip(self.labels.classes, self.hard[i], strict=True) if on]
