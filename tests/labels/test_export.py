@@ -22,17 +22,30 @@ from cdul.labels.formats import Exported
 from cdul.labels.formats.fiftyone import write_fiftyone
 from cdul.labels.formats.label_studio import write_label_studio
 from cdul.labels.import_ import ImportConfig, import_review
-from cdul.labels.reading import Thresholds
+from cdul.labels.queue import priorities
+from cdul.labels.reading import LabelReading, Thresholds
+
+
+def review_scores(run: dict, **reading) -> list[float]:
+    """The queue's image scores (labels/queue.py; its math is tested by hand in
+    tests/unit/test_method_review.py) at the export's reading."""
+    store = open_store(run["uri"])
+    found = priorities(read_pseudo_labels(store), store, LabelReading(**reading))
+    return [float(str(np.float32(v))) for v in found.image_scores().tolist()]
 
 
 def test_csv_one_row_per_image_with_labels_and_scores(run):
     rows = list(csv.reader(do_export(run, "csv", "labels.csv", threshold=0.5).open(newline="")))
-    assert rows[0] == ["image_id", "path", "labels", *CLASSES]
-    for row, image_id, labels, scores in zip(rows[1:], IDS, LABELS, FINAL, strict=True):
+    assert rows[0] == ["image_id", "path", "labels", "review_score", *CLASSES]
+    expected = review_scores(run, threshold=0.5)
+    for k, (row, image_id, labels, scores) in enumerate(
+        zip(rows[1:], IDS, LABELS, FINAL, strict=True)
+    ):
         assert row[0] == image_id and row[1] == str(run["images"] / image_id)
         assert row[2] == ";".join(labels)
-        assert [float(v) for v in row[3:]] == [float(str(np.float32(s.item()))) for s in scores]
-    assert rows[1][3:] == ["0.9", "0.5", "0.1"]  # shortest decimals, not 0.89999997…
+        assert float(row[3]) == expected[k] and 0 < expected[k] < 1
+        assert [float(v) for v in row[4:]] == [float(str(np.float32(s.item()))) for s in scores]
+    assert rows[1][4:] == ["0.9", "0.5", "0.1"]  # shortest decimals, not 0.89999997…
 
 
 def test_json_header_and_images(run):
@@ -44,6 +57,9 @@ def test_json_header_and_images(run):
     assert doc["thresholds"] == dict.fromkeys(CLASSES, 0.5)
     assert doc["threshold_source"] == "--threshold 0.5"
     glob = run["vectors"]["global"]
+    assert doc["review_score_source"].startswith("threshold distance")
+    expected = review_scores(run, vector="global", threshold=0.5)
+    assert [e["review_score"] for e in doc["images"]] == expected
     for entry, image_id, scores in zip(doc["images"], IDS, glob, strict=True):
         assert entry["image_id"] == image_id and entry["path"] == str(run["images"] / image_id)
         pairs = list(zip(CLASSES, scores.tolist(), strict=True))
@@ -59,18 +75,19 @@ def test_label_studio_tasks_and_labeling_config(run):
     tasks = json.loads(out.read_text())
     assert [t["data"]["cdul_id"] for t in tasks] == IDS
     assert tasks[2]["data"]["image"] == "/data/local-files/?d=sub/c%20d.png"
-    for task, labels in zip(tasks, LABELS, strict=True):
+    expected = review_scores(run, threshold=0.5)
+    for task, labels, score in zip(tasks, LABELS, expected, strict=True):
         path = run["images"] / unquote(task["data"]["image"].split("?d=", 1)[1])
         assert path.is_file()
         (prediction,) = task["predictions"]
+        assert prediction["score"] == score  # the Data Manager's sort is the queue
         assert prediction["model_version"] == "cdul cdul-tiny-rn grid:2x2 zeta=0.5 final"
         if labels:
             (result,) = prediction["result"]
             assert result == {"from_name": "labels", "to_name": "image", "type": "choices",
                               "value": {"choices": labels}}  # fmt: skip
         else:
-            assert prediction["result"] == [] and prediction["score"] == 0.0
-    assert tasks[0]["predictions"][0]["score"] == 0.5  # its least certain label
+            assert prediction["result"] == []
     xml = (run["tmp"] / "tasks.xml").read_text()
     assert "fish &amp; &quot;chips&quot; &lt;x&gt;" in xml
     view = ET.fromstring(xml)
@@ -95,7 +112,9 @@ def test_label_studio_image_urls(run, tmp_path):
     config = ExportConfig(run="r", output=str(tmp_path / "s3.json"), format="label-studio")
     labels = read_pseudo_labels(open_store(run["uri"]))
     at_half = Thresholds(torch.full((3,), 0.5), "0.5")
-    s3 = Exported("r", labels, "final", at_half, [f"s3://bucket/{i}" for i in IDS])
+    s3 = Exported(
+        "r", labels, "final", at_half, [f"s3://bucket/{i}" for i in IDS], [0.5] * 3, "test"
+    )
     tasks = json.loads(write_label_studio(s3, config)[str(tmp_path / "s3.json")])
     assert tasks[2]["data"]["image"] == "s3://bucket/sub/c d.png"
 
@@ -109,7 +128,7 @@ def test_fiftyone_multilabel_classification_json(run):
     assert targets[1] == [{"label": 2, "confidence": 0.7}] and targets[2] == []
     labels = read_pseudo_labels(open_store(run["uri"]))
     remote = Exported("r", labels, "final", Thresholds(torch.full((3,), 0.5), "0.5"),
-                      [f"s3://b/{i}" for i in IDS])  # fmt: skip
+                      [f"s3://b/{i}" for i in IDS], [0.5] * 3, "test")  # fmt: skip
     with pytest.raises(ConfigError, match="FiftyOne reads images from local files"):
         write_fiftyone(remote, ExportConfig(run="r", output="x.json", format="fiftyone"))
 

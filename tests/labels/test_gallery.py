@@ -25,6 +25,7 @@ from cdul.core.storage import open_store
 from cdul.labels.gallery.command import write_gallery
 from cdul.labels.gallery.model import GalleryConfig
 from cdul.labels.merge import merge_run
+from cdul.labels.queue import QueueConfig, write_queue
 from cdul.labels.report import format_rows, rows_for
 from cdul.labels.stats import FIRES_ON_ALMOST_ALL, NEVER_FIRES, class_stats
 
@@ -205,7 +206,13 @@ def test_gallery_without_ground_truth(folder_run, capsys):
     index = gallery(folder_run["uri"], out, "--threshold", "0.5")
     assert "1 image(s) could not be read" in capsys.readouterr().out
     pages = sorted(p.name for p in out.glob("*.html"))
-    assert pages == ["class-000.html", "class-001.html", "class-002.html", "index.html"]
+    assert pages == [
+        "class-000.html",
+        "class-001.html",
+        "class-002.html",
+        "index.html",
+        "review.html",
+    ]
     assert NAME not in index and index.count(ESCAPED) >= 3
     assert "no ground truth" in index and "Worst false" not in index and "AP" not in index
     # The summary: the run's settings.
@@ -257,6 +264,23 @@ def test_gallery_with_ground_truth_shows_ap_and_errors(truth_run):
     assert_self_contained(out)
 
 
+def test_review_first_page_is_the_queue(truth_run):
+    out = truth_run["tmp"] / "gallery"
+    index = gallery(truth_run["uri"], out, "--review", "4")
+    assert 'href="review.html">Review first: the 4 labels most likely wrong</a>' in index
+    page = (out / "review.html").read_text(encoding="utf-8")
+    _, rows, _ = write_queue(QueueConfig(run=truth_run["uri"], top=4,
+                                         output=str(truth_run["tmp"] / "q.csv")))  # fmt: skip
+    shown = re.findall(r'<div class="id">(.*?)</div>.*?<b>(.*?)</b>: (labeled|not labeled)', page)
+    assert shown == [(r[1], r[2], "labeled" if r[3] else "not labeled") for r in rows]
+    truth, ids, classes = truth_run["truth"], truth_run["ids"], truth_run["classes"]
+    wrong = [bool(truth[ids.index(r[1]), classes.index(r[2])]) != bool(r[3]) for r in rows]
+    assert page.count('<span class="bad">wrong</span>') == sum(wrong)
+    assert_self_contained(out)
+    gallery(truth_run["uri"], out, "--review", "0")
+    assert "review.html" not in (out / "index.html").read_text()
+
+
 def test_gallery_of_moved_images_uses_placeholders_then_images(folder_run, capsys):
     moved = folder_run["tmp"] / "moved"
     shutil.move(folder_run["images"], moved)
@@ -294,13 +318,18 @@ def test_many_images_keep_pages_small(tmp_path):
     truth = (torch.rand(n, 3, generator=g) < 0.2).float()
     final = 0.5 * truth + 0.5 * torch.rand(n, 3, generator=g)
     uri = build_run((tmp_path / "run").as_uri(), f"folder:{folder}", ids, CLASSES, final, truth)
-    config = GalleryConfig(run=uri, output=tmp_path / "g", per_class=per_class, errors=errors)
+    config = GalleryConfig(run=uri, output=tmp_path / "g", per_class=per_class, errors=errors,
+                           review=10)  # fmt: skip
     result, pages = write_gallery(config)
     shown = {r for v in result.classes for r in (*v.top, *v.false_positives, *v.false_negatives)}
-    assert len(result.thumbs) == len(shown) <= 3 * (per_class + 2 * errors)
+    shown |= {pair.row for pair in result.review}
+    assert len(result.thumbs) == len(shown) <= 3 * (per_class + 2 * errors) + 10
     assert len(list((tmp_path / "g" / "thumbs").iterdir())) == len(shown)
-    for page in pages[1:]:
+    assert [p.name for p in pages] == ["index.html", *(f"class-{c:03d}.html" for c in range(3)),
+                                       "review.html"]  # fmt: skip
+    for page in pages[1:4]:
         assert page.read_text().count("<figure") == per_class + 2 * errors
+    assert pages[4].read_text().count("<figure") == 10
     assert pages[0].stat().st_size < 40_000
 
 
@@ -325,9 +354,10 @@ def test_pages_render_in_a_real_browser(kind, request, tmp_path):
     shots = Path(os.environ.get("CDUL_GALLERY_SHOTS", tmp_path))  # where a person can look
     shots.mkdir(parents=True, exist_ok=True)
     profile = tmp_path / "profile"
-    for page in ("index.html", "class-000.html"):
+    for page in ("index.html", "class-000.html", "review.html"):
         screenshot(out / page, shots / f"{kind}-{page}.png", profile)
         seen = probe(out / page, profile)
         assert seen["images"] > 0 and seen["loaded"] == seen["images"], seen["broken"]
-        assert seen["svgs"] >= 2 and seen["figures"] >= seen["images"]
+        assert seen["svgs"] >= (0 if page == "review.html" else 2)  # no plots on that one
+        assert seen["figures"] >= seen["images"]
         assert seen["scrollWidth"] <= seen["clientWidth"], "the page scrolls sideways at 1280 px"

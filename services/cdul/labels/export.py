@@ -5,7 +5,9 @@ least the class's threshold: the run's label-free one by default, ``--threshold 
 one on every class, ``--thresholds FILE`` for a user's (:mod:`cdul.labels.reading`). A
 score equal to the threshold is a label. Scores are written as the
 shortest decimal that reads back as the stored float32, so the file and the decision
-agree. The formats are the registry :data:`cdul.labels.formats.FORMATS` (csv, json,
+agree. Each image also gets its ``review_score`` (:mod:`cdul.labels.queue`: in (0, 1),
+lowest first = its most doubtful label is the likeliest mistake; csv, json and
+label-studio carry it). The formats are the registry :data:`cdul.labels.formats.FORMATS` (csv, json,
 label-studio, fiftyone: each module's docstring says its layout).
 
 Image paths are the dataset's (``--images SPEC`` when it moved since labeling), local
@@ -24,9 +26,10 @@ from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import open_location, open_store
 from cdul.labels.formats import FORMATS, Exported
-from cdul.labels.formats.base import absolute_path
+from cdul.labels.formats.base import absolute_path, score_value
 from cdul.labels.formats.label_studio import LOCAL_FILES_PREFIX
 from cdul.labels.matching import images_spec, match_images
+from cdul.labels.queue import priorities
 from cdul.labels.reading import LabelReading
 
 
@@ -56,11 +59,14 @@ class ExportConfig(LabelReading):
 
 def load(config: ExportConfig) -> Exported:
     """Read the run and find each labeled image's path in its dataset."""
-    labels = read_pseudo_labels(open_store(config.run))
+    store = open_store(config.run)
+    labels = read_pseudo_labels(store)
     matched = match_images(labels, images_spec(labels, config.images), config.run)
     paths = [absolute_path(path) for path in matched.paths()]
-    thresholds = config.thresholds_for(labels)
-    return Exported(config.run, labels, config.vector, thresholds, paths)
+    found = priorities(labels, store, config)
+    scores = [score_value(s) for s in found.image_scores().float().numpy()]
+    return Exported(config.run, labels, config.vector, found.thresholds, paths, scores,
+                    found.source)  # fmt: skip
 
 
 def export(config: ExportConfig) -> tuple[Exported, list[str]]:

@@ -31,6 +31,7 @@ class Row(NamedTuple):
     path: str
     labels: list[str]
     scores: list[float]
+    review_score: float  # lowest first: the image's most doubtful label (labels/queue.py)
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Exported:
     vector: str
     thresholds: Thresholds
     paths: list[str]
+    review_scores: list[float]  # (N,) review scores (cdul.labels.queue), lowest first
+    review_source: str  # the evidence they came from
 
     @property
     def classes(self) -> list[str]:
@@ -60,7 +63,7 @@ class Exported:
         for i, image_id in enumerate(self.labels.ids):
             chosen = [classes[j] for j in np.flatnonzero(self.chosen[i])]
             scores = [score_value(s) for s in self.scores[i]]
-            yield Row(image_id, self.paths[i], chosen, scores)
+            yield Row(image_id, self.paths[i], chosen, scores, self.review_scores[i])
 
 
 #: (what to export, the command's settings) -> {location: text}

@@ -1,5 +1,6 @@
-"""``csv``: ``image_id,path,labels,<class>...``, one row per image, ``labels`` joined by
-``;``, then one score column per class (spreadsheets, pandas). An edited copy comes back
+"""``csv``: ``image_id,path,labels,review_score,<class>...``, one row per image, ``labels``
+joined by ``;``, the image's review score (lowest: review first), then one score column
+per class (spreadsheets, pandas). An edited copy comes back
 through ``cdul label-import``: its ``image_id`` and ``labels`` columns. A CSV row carries
 no "reviewed" mark, so a row counts as reviewed when its labels differ from the run's."""
 
@@ -15,7 +16,7 @@ from cdul.labels.formats.base import Decisions, Exported, LabelFormat
 if TYPE_CHECKING:
     from cdul.labels.export import ExportConfig
 
-CSV_COLUMNS = ("image_id", "path", "labels")
+CSV_COLUMNS = ("image_id", "path", "labels", "review_score")
 CSV_SEPARATOR = ";"
 
 
@@ -30,7 +31,8 @@ def write_csv(exported: Exported, config: ExportConfig) -> dict[str, str]:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*CSV_COLUMNS, *exported.classes])
     for row in exported.rows():
-        writer.writerow([row.image_id, row.path, CSV_SEPARATOR.join(row.labels), *row.scores])
+        writer.writerow([row.image_id, row.path, CSV_SEPARATOR.join(row.labels),
+                         row.review_score, *row.scores])  # fmt: skip
     return {config.output: out.getvalue()}
 
 

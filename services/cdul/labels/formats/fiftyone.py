@@ -1,7 +1,8 @@
 """``fiftyone``: a ``labels.json`` of ``fo.types.FiftyOneImageClassificationDataset``:
 ``classes`` plus, keyed by absolute image path, a list of ``{"label": class index,
 "confidence": score}`` (FiftyOne loads a list as multi-label Classifications). FiftyOne
-reads media from local files, so an ``s3://`` image is refused."""
+reads media from local files, so an ``s3://`` image is refused. The format holds labels
+only: an image's review score is in the csv and json exports."""
 
 from __future__ import annotations
 

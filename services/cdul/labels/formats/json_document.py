@@ -1,6 +1,8 @@
 """``json``: ``{"run", "dataset", "vector", "thresholds": {class: threshold or null},
-"threshold_source", "rule", "classes", "images": [{"image_id", "path", "labels": [...],
-"scores": {class: score}}]}`` (a ``null`` threshold: the class is never a label)."""
+"threshold_source", "rule", "classes", "review_score_source", "images": [{"image_id",
+"path", "labels": [...], "review_score", "scores": {class: score}}]}`` (a ``null``
+threshold: the class is never a label; ``review_score``: lowest first, see
+:mod:`cdul.labels.queue`)."""
 
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ def write_json(exported: Exported, config: ExportConfig) -> dict[str, str]:
         "threshold_source": exported.thresholds.source,
         "rule": "a class is a label when its score >= its threshold",
         "classes": classes,
+        "review_score_source": exported.review_source,
         "images": [
             {"image_id": row.image_id, "path": row.path, "labels": row.labels,
+             "review_score": row.review_score,
              "scores": dict(zip(classes, row.scores, strict=True))}
             for row in exported.rows()
         ],

@@ -77,9 +77,8 @@ def write_label_studio(exported: Exported, config: ExportConfig) -> dict[str, st
     version = f"cdul {m.clip_model} {m.snippet_spec} zeta={m.zeta} {exported.vector}"
     tasks = []
     for row in exported.rows():
-        # The task's score sorts the Data Manager: its least certain label (0 without
-        # any), so the pre-annotations most worth a look come first.
-        chosen = [s for c, s in zip(exported.classes, row.scores, strict=True) if c in row.labels]
+        # The prediction's score sorts the Data Manager: the review score, so ascending
+        # order is the review queue (the likeliest mistakes first).
         result = [
             {"from_name": LS_CHOICES, "to_name": LS_IMAGE, "type": "choices",
              "value": {"choices": row.labels}}
@@ -88,8 +87,7 @@ def write_label_studio(exported: Exported, config: ExportConfig) -> dict[str, st
             {
                 "data": {LS_IMAGE: image_url(row.path, config), "cdul_id": row.image_id},
                 "predictions": [
-                    {"model_version": version, "score": min(chosen, default=0.0),
-                     "result": result}
+                    {"model_version": version, "score": row.review_score, "result": result}
                 ],
             }
         )  # fmt: skip

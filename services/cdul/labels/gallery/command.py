@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 
 from cdul.core.settings import add_flags, from_args
-from cdul.labels.gallery.html import render_pages
+from cdul.labels.gallery.html import REVIEW, render_pages
 from cdul.labels.gallery.model import Gallery, GalleryConfig, build_gallery
+from cdul.labels.gallery.review_page import review_page_html
 
 
 def write_gallery(config: GalleryConfig) -> tuple[Gallery, list[Path]]:
@@ -16,7 +17,10 @@ def write_gallery(config: GalleryConfig) -> tuple[Gallery, list[Path]]:
     config.output.mkdir(parents=True, exist_ok=True)
     gallery = build_gallery(config)
     written = []
-    for name, text in render_pages(gallery).items():
+    pages = render_pages(gallery)
+    if gallery.review:
+        pages[REVIEW] = review_page_html(gallery)
+    for name, text in pages.items():
         path = config.output / name
         path.write_text(text, encoding="utf-8")
         written.append(path)

@@ -17,6 +17,7 @@ from cdul.labels.reading import over_threshold
 from cdul.labels.stats import ClassStats, flag_text
 
 INDEX = "index.html"
+REVIEW = "review.html"
 STRIP = 6  # thumbnails per class on the index; the class page has the rest
 STRIP_BOX = 120  # their frame width in px: six fit beside the plot in a 1280 px window
 TRUE_MARK = ' <span class="ok" title="in the ground truth">&#10003;</span>'
@@ -325,6 +326,12 @@ def index_page(gallery: Gallery) -> str:
         + (", its worst false positives and negatives" if gallery.evaluation else "")
         + ".</p>",
         settings_table(gallery),
+        (
+            f'<p><a href="{REVIEW}">Review first: the {len(gallery.review)} labels most likely '
+            "wrong</a> (the review queue; no ground truth used)</p>"
+        )
+        if gallery.review
+        else "",
         notes(gallery),
         LEGEND if gallery.evaluation is not None else "",
         "<h2>Classes</h2>",

@@ -5,6 +5,8 @@ What the command writes (plain files, relative links, no script, no server; open
     DIR/index.html          the run's settings, one row per class, notes
     DIR/class-KKK.html      one page per class: highest-scored images and, with
                             ground truth, the worst false positives and negatives
+    DIR/review.html         review first: the --review labels most likely wrong
+                            (cdul label-queue's order)
     DIR/thumbs/RRRRRRR.jpg  one thumbnail per image shown (R: the image's row in the run)
 
 Thumbnails are made here from the dataset's images (``open_dataset`` on the run's
@@ -30,10 +32,12 @@ import torch
 from cdul.core.datasets import Dataset, open_dataset
 from cdul.core.errors import CdulError, ConfigError
 from cdul.core.evaluation import Evaluation, LabelF1, evaluate, format_ap, label_f1
+from cdul.core.method import review
 from cdul.core.pseudo_labels import LABEL_VECTORS, PseudoLabels, read_pseudo_labels
 from cdul.core.settings import flag_name, setting
 from cdul.core.storage import open_store
 from cdul.labels.matching import images_spec, positions
+from cdul.labels.queue import priorities
 from cdul.labels.reading import Thresholds, over_threshold
 from cdul.labels.stats import ClassStats, StatsConfig, class_stats
 
@@ -51,6 +55,7 @@ class GalleryConfig(StatsConfig):
     per_class: int = setting(24, "highest-scored images shown per class")
     errors: int = setting(8, "worst false positives and negatives per class (ground truth)")
     thumb_size: int = setting(160, "longest side of a thumbnail, in pixels")
+    review: int = setting(48, "labels on the review-first page (the review queue's first N)")
     images: str | None = setting(
         None, "dataset spec to read the images from (default: the run's own dataset)", type=str
     )
@@ -58,7 +63,7 @@ class GalleryConfig(StatsConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, low, high in (("per_class", 1, 1000), ("errors", 0, 1000),
-                                ("thumb_size", 16, 1024)):  # fmt: skip
+                                ("thumb_size", 16, 1024), ("review", 0, 1000)):  # fmt: skip
             value = getattr(self, name)
             if not low <= value <= high:
                 raise ConfigError(
@@ -98,6 +103,16 @@ class ClassView:
     """Lowest-scored rows with the class (with ground truth)."""
 
 
+@dataclass(frozen=True)
+class ReviewPair:
+    """One label on the review-first page: image row, class, the label, its review score."""
+
+    row: int
+    c: int
+    label: bool
+    review_score: float
+
+
 @dataclass
 class Gallery:
     uri: str
@@ -111,6 +126,8 @@ class Gallery:
     thresholds: Thresholds
     f1: LabelF1 | None
     """The shown labels against the ground truth (None without)."""
+    review: list[ReviewPair]
+    review_source: str
 
     def settings(self) -> list[tuple[str, str]]:
         """The run's settings for the summary, as (label, text) pairs."""
@@ -177,7 +194,16 @@ def build_gallery(config: GalleryConfig) -> Gallery:
                 false_negatives=fn,
             )
         )
-    rows = sorted({r for v in views for r in (*v.top, *v.false_positives, *v.false_negatives)})
+    found = priorities(labels, store, config)
+    review_scores = review.review_score(found.values)
+    queue = []
+    for i, c in review.review_order(found.values).tolist():
+        if len(queue) >= config.review:
+            break
+        if labels.ids[i] not in found.reviewed:
+            queue.append(ReviewPair(i, c, bool(found.labels[i, c]), float(review_scores[i, c])))
+    rows = sorted({r for v in views for r in (*v.top, *v.false_positives, *v.false_negatives)}
+                  | {pair.row for pair in queue})  # fmt: skip
     spec = images_spec(labels, config.images)
     dataset, problem = None, None
     try:
@@ -190,7 +216,7 @@ def build_gallery(config: GalleryConfig) -> Gallery:
         chosen = torch.from_numpy(over_threshold(scores, thresholds.values))
         f1 = label_f1(chosen, truth, labels.classes)
     return Gallery(config.run, config, labels, scores, views, evaluation, thumbs, problem,
-                   thresholds, f1)  # fmt: skip
+                   thresholds, f1, queue, found.source)  # fmt: skip
 
 
 def top_labels(labels: PseudoLabels, scores: torch.Tensor, row: int) -> tuple[ImageLabel, ...]:
