@@ -19,18 +19,24 @@ the images the trainer learns from.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from dataclasses import dataclass
 
 from cdul.core.datasets import SPEC_FORMS
+from cdul.core.errors import ConfigError
 from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import open_location, open_store
 from cdul.labels.formats import FORMATS, Exported
 from cdul.labels.formats.base import absolute_path, score_value
 from cdul.labels.formats.label_studio import LOCAL_FILES_PREFIX
+from cdul.labels.label_studio_api import LabelStudioApi, push_tasks
 from cdul.labels.matching import images_spec, match_images
 from cdul.labels.queue import priorities
 from cdul.labels.reading import LabelReading
+
+log = logging.getLogger("cdul.labels")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +61,23 @@ class ExportConfig(LabelReading):
         None, "label-studio: where the labeling config goes (default: OUT with .xml)",
         metavar="PATH",
     )  # fmt: skip
+    push: str | None = setting(
+        None, "label-studio: also import the tasks into Label Studio at this URL (with "
+        "--project; API key in $LABEL_STUDIO_API_KEY); tasks already there are skipped",
+        metavar="URL",
+    )  # fmt: skip
+    project: int | None = setting(None, "label-studio --push: the project's id", type=int)
+    push_page: int = setting(500, "label-studio --push: tasks per import request")
+    progress: bool = setting(True, "no progress bar")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.push is not None and self.format != "label-studio":
+            raise ConfigError("--push takes --format label-studio")
+        if (self.push is None) != (self.project is None):
+            raise ConfigError("give --push URL and --project ID together")
+        if self.push_page < 1:
+            raise ConfigError(f"--push-page must be >= 1, got {self.push_page}")
 
 
 def load(config: ExportConfig) -> Exported:
@@ -76,6 +99,12 @@ def export(config: ExportConfig) -> tuple[Exported, list[str]]:
     for location, text in files.items():
         store, key = open_location(location)
         store.write_text(key, text)
+    if config.push is not None and config.project is not None:
+        api = LabelStudioApi(config.push)
+        tasks = json.loads(files[config.output])
+        pushed, skipped = push_tasks(api, config.project, tasks, config.push_page, config.progress)
+        log.info("pushed %d task(s) into %s project %d (%d already there)", pushed, config.push,
+                 config.project, skipped)  # fmt: skip
     return exported, list(files)
 
 
