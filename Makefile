@@ -123,6 +123,14 @@ bench-hard-labels: $(STAMP) world-models
 	$(PY) benchmarks/hard_labels.py --seeds 5,6,7 \
 	  --results benchmarks/results/hard_labels_world_cpu_fp32.csv
 
+# The review queue's first 100/500/1000 labels against a random order and "closest to the
+# threshold" on world seeds 5-7 (cross-fitting 2 folds each), then the Label Studio
+# backend's /predict latency and 1,000 tasks pushed into (and pulled by) a real Label Studio.
+.PHONY: bench-review-queue
+bench-review-queue: $(STAMP) world-models
+	$(PY) benchmarks/review_queue.py --seeds 5,6,7 \
+	  --results benchmarks/results/review_queue_world_cpu_fp32.csv
+
 # The CPU proxy of the CLIP service's request side: the device's work as no-ops,
 # one server process and as many as this machine has cores, side by side.
 .PHONY: bench-request-side

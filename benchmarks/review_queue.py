@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -116,6 +117,126 @@ def queue_rows(seed: int, endpoint: str, args: argparse.Namespace) -> list[dict]
             for name, s in ranked.items()]  # fmt: skip
 
 
+def backend_rows(seed: int, args: argparse.Namespace) -> list[dict]:
+    """/predict latency for pages of 100 tasks (the backend in its own process, over
+    loopback HTTP), then 1,000 tasks into a real Label Studio two ways: pushed by
+    label-export, and pulled by Label Studio from the backend (its "retrieve predictions")."""
+    import random
+    import re
+    import time
+    import urllib.request
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support import label_studio  # the tests' launcher: a real Label Studio on loopback
+
+    from cdul.labels.export import ExportConfig, export
+    from cdul.labels.formats.label_studio import labeling_config
+
+    run = args.workdir / f"s{seed}"
+    labels = read_pseudo_labels(open_store(f"file://{run}"))
+    xml = labeling_config(list(labels.classes))
+    process = subprocess.Popen(
+        [
+            launch.CDUL,
+            "label-studio-backend",
+            f"file://{run}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rows = []
+    try:
+        assert process.stdout is not None
+        url = re.search(r"http://[\d.]+:\d+", process.stdout.readline()).group(0)
+        rng = random.Random(seed)
+        times = []
+        for _ in range(args.pages):
+            tasks = [
+                {"id": k, "data": {"cdul_id": i, "image": "x"}}
+                for k, i in enumerate(rng.sample(labels.ids, 100))
+            ]
+            body = json.dumps({"tasks": tasks, "label_config": xml}).encode()
+            started = time.perf_counter()
+            request = urllib.request.Request(
+                url + "/predict", body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request) as response:
+                assert len(json.loads(response.read())["results"]) == 100
+            times.append(time.perf_counter() - started)
+        times.sort()
+        p50, p99 = times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+        rows.append(
+            {
+                "seed": seed,
+                "what": f"/predict, pages of 100 tasks ({args.pages} pages)",
+                "p50_ms": round(p50 * 1e3, 2),
+                "p99_ms": round(p99 * 1e3, 2),
+                "seconds": "",
+            }
+        )
+        if label_studio.executable() is None:
+            print("no label-studio executable: the push and pull rows are skipped")
+            return rows
+        world = args.workdir / f"world-s{seed}-{args.train}-{args.val}"
+        workdir = args.workdir / "label-studio"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir()
+        local = {"ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false"}
+        with label_studio.running(workdir, env=local) as studio:
+            token = studio.call("POST", "/api/token/", {})["token"]
+            os.environ["LABEL_STUDIO_API_KEY"] = token
+            pushed = studio.call("POST", "/api/projects", {"title": "push", "label_config": xml})
+            config = ExportConfig(
+                run=f"file://{run}",
+                output=str(workdir / "tasks.json"),
+                format="label-studio",
+                image_root=str(world),
+                images=f"voc:{world}:train",
+                push=studio.base,
+                project=pushed["id"],
+                progress=False,
+            )
+            started = time.perf_counter()
+            export(config)
+            rows.append(
+                {
+                    "seed": seed,
+                    "what": f"label-export --push: {len(labels)} tasks with predictions",
+                    "p50_ms": "",
+                    "p99_ms": "",
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            )
+            bare = [{"data": t["data"]} for t in json.loads((workdir / "tasks.json").read_text())]
+            pulled = studio.call("POST", "/api/projects", {"title": "pull", "label_config": xml})
+            studio.call("POST", f"/api/projects/{pulled['id']}/import", bare)
+            studio.call("POST", "/api/ml", {"url": url, "project": pulled["id"], "title": "cdul"})
+            started = time.perf_counter()
+            studio.call(
+                "POST",
+                f"/api/dm/actions?id=retrieve_tasks_predictions&project={pulled['id']}",
+                {"selectedItems": {"all": True, "excluded": []}},
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "what": f"Label Studio retrieves predictions for "
+                    f"{len(labels)} tasks from the backend",
+                    "p50_ms": "",
+                    "p99_ms": "",
+                    "seconds": round(time.perf_counter() - started, 2),
+                }
+            )
+    finally:
+        process.terminate()
+        process.wait(30)
+    return rows
+
+
 def summary(rows: list[dict]) -> None:
     by: dict[str, list[dict]] = {}
     for row in rows:
@@ -136,22 +257,34 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000, help="training scenes per world")
     parser.add_argument("--val", type=int, default=300, help="val scenes (the world's layout)")
     parser.add_argument("--workdir", type=Path, default=Path("artifacts/bench-review-queue"))
+    parser.add_argument("--part", choices=("queue", "backend", "all"), default="all")
+    parser.add_argument("--pages", type=int, default=200, help="/predict pages to time")
     add_results_option(parser)
     args = parser.parse_args()
+    args.workdir = args.workdir.resolve()  # runs record their dataset by this path
     models = json.loads(cdul("world", "models", "--seed", str(args.models_seed), "--json"))
     process, port = launch.spawn(["--model", models["clip_model"], "--pretrained",
                                   models["clip_pretrained"], "--metrics-port", "-1"])  # fmt: skip
     rows: list[dict] = []
+    seeds = [int(s) for s in args.seeds.split(",")]
     try:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            found = queue_rows(seed, f"127.0.0.1:{port}", args)
-            for row in found:
-                print(json.dumps(row), flush=True)
-            rows += found
+        if args.part in ("queue", "all"):
+            for seed in seeds:
+                found = queue_rows(seed, f"127.0.0.1:{port}", args)
+                for row in found:
+                    print(json.dumps(row), flush=True)
+                rows += found
     finally:
         launch.stop(process)
-    summary(rows)
-    write_results(args.results, rows)
+    if rows:
+        summary(rows)
+        write_results(args.results, rows)
+    if args.part in ("backend", "all"):
+        timing = backend_rows(seeds[0], args)
+        for row in timing:
+            print(json.dumps(row), flush=True)
+        if args.results:
+            write_results(args.results.with_name(args.results.stem + "_backend.csv"), timing)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ ENTRY_MODULES = {
         "cdul.labeler.command", "cdul.labeler.job", "cdul.core.evaluation",
         "cdul.labels.merge", "cdul.labels.sweep", "cdul.labels.report",
         "cdul.labels.gallery.command", "cdul.labels.export", "cdul.labels.import_",
+        "cdul.labels.queue", "cdul.label_studio.backend",
     ],
     "trainer": [
         "cdul.trainer.command", "cdul.trainer.loop", "cdul.serving.archive",

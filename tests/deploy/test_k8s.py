@@ -34,7 +34,7 @@ K8S_VERSIONS = ("1.32.0", "1.35.0")
 #: CRD kinds kubernetes-validate has no schema for: their pod templates are validated
 #: as core PodTemplates instead, and the objects are listed as unchecked.
 CRD_KINDS = {"PyTorchJob"}
-SERVER_NAMES = {"clip-service", "torchserve", "minio"}
+SERVER_NAMES = {"clip-service", "torchserve", "minio", "label-studio-backend"}
 
 
 def docs_of(overlay: str, kind: str | None = None):
@@ -135,7 +135,7 @@ def test_no_literal_secrets_and_known_secret_refs(overlay: str) -> None:
                         problems.append(f"{tpl_where}/{c['name']}: {env['name']} not from a Secret")
     assert not problems, "\n".join(problems)
     # The README tells how to create exactly these.
-    assert {name for name, _ in secrets} <= {"cdul-s3", "cdul-torchserve"}
+    assert {name for name, _ in secrets} <= {"cdul-s3", "cdul-torchserve", "cdul-ls-backend"}
     readme = (ROOT / "README.md").read_text()
     for name, key in secrets:
         assert name in readme and key in readme, f"README does not say how to create {name}/{key}"
@@ -253,8 +253,15 @@ def test_network_policies_admit_only_who_needs_it(overlay: str) -> None:
         if {"port": 51000, "protocol": "TCP"} in r["ports"]
     ]
     assert [r["from"] for r in grpc_rules] == [
-        [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "labeler"}}}]
-    ]
+        [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "labeler"}}},
+         {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "label-studio-backend"}}}]
+    ]  # fmt: skip
+    # The Label Studio backend: Label Studio's pods and Prometheus, on its one port.
+    (review,) = policies["label-studio-backend"]["ingress"]
+    assert review["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in review["from"]] == [
+        "label-studio", "prometheus"
+    ]  # fmt: skip
     # MinIO: pods labelled cdul.io/s3-client, which are exactly the jobs and TorchServe.
     s3_rules = [
         r
@@ -278,6 +285,7 @@ def test_network_policies_admit_only_who_needs_it(overlay: str) -> None:
         "trainer",
         "torchserve",
         "minio-create-bucket",
+        "label-studio-backend",
     }
     assert labelers == {"Job/cdul-label"}
 
@@ -335,6 +343,7 @@ def test_container_commands_are_real_entry_points(overlay: str) -> None:
         "cdul clip-serve",
         "cdul label",
         "cdul label-merge",
+        "cdul label-studio-backend",
         "cdul train",
         "torchserve",
     } <= checked

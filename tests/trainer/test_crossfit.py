@@ -100,7 +100,7 @@ def test_cross_fit_predicts_each_image_out_of_sample_and_resumes(
 
 
 def test_reviewed_labels_are_kept_through_alignment(
-    world_labels, world_root, world_backbone, tmp_path
+    world_labels, world_root, world_backbone, tmp_path, capsys
 ):
     run = write_labels(world_labels, f"file://{tmp_path / 'run'}")
     store = open_store(run)
@@ -133,6 +133,13 @@ def test_reviewed_labels_are_kept_through_alignment(
     moved = torch.sigmoid(latent)
     assert not torch.allclose(moved, data.initial_labels, atol=1e-3)  # alignment ran ...
     torch.testing.assert_close(moved[5], expected, rtol=0, atol=1e-5)  # ... but not here
+    # New reviews after the run: resuming it would ignore them, so it refuses.
+    write_events(store, [ReviewEvent("ANNOTATION_CREATED", 2, world_labels.ids[6], 2, [])], "test")
+    train = ["train", run, f"voc:{world_root}:train", "--backbone-weights", str(world_backbone),
+             "--no-archive", "--label-step", "1", *SMALL]  # fmt: skip
+    assert main(train) == 2
+    assert "reviewed labels changed since" in capsys.readouterr().err
+    assert main([*train, "--output", f"file://{tmp_path / 'reviewed'}"]) == 0
 
 
 def test_hold_out_is_checked(capsys):

@@ -23,6 +23,7 @@ re-derives them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -158,6 +159,10 @@ class Trainer:
                 f"{self.store.uri_for(checkpoint.CHECKPOINT_KEY)} belongs to a run with other "
                 "settings (use another --output or delete it): " + "; ".join(conflicts)
             )
+        if payload.get("reviews", "") != self._reviews_digest():  # older ones: none recorded
+            where = self.store.uri_for(checkpoint.CHECKPOINT_KEY)
+            raise ConfigError(f"the run's reviewed labels changed since {where} was written: "
+                              "train into a new --output to learn from them")  # fmt: skip
         self.module.load_state_dict(payload["model"])
         self.optimiser.load_state_dict(payload["optimiser"])
         self.scaler.load_state_dict(payload["scaler"])
@@ -341,6 +346,18 @@ class Trainer:
             self.store.write_json(THRESHOLDS_KEY, describe(chosen, classes, report))
         return chosen
 
+    def _reviews_digest(self) -> str:
+        """Which rows are reviewed and their labels ("" with none): a resumed run must
+        learn from the same reviews it started with."""
+        rows = self.data.reviewed.nonzero().flatten()
+        if not len(rows):
+            return ""
+        digest = hashlib.sha256()
+        for k in rows.tolist():
+            digest.update(self.data.labels.ids[k].encode() + b"\0")
+            digest.update(self.data.initial_labels[k].numpy().tobytes())
+        return digest.hexdigest()
+
     def _write_held_out(self, thresholds: DecisionThresholds) -> None:
         """--hold-out: the held-out fold's probabilities with this run's thresholds."""
         assert self.data.held_out is not None and self.data.held_out_ids is not None
@@ -386,6 +403,7 @@ class Trainer:
                 "history": json.dumps(self.history),
                 "config": self.config.to_json(),
                 "rng": checkpoint.rng_state(self.generator),
+                "reviews": self._reviews_digest(),
             },
         )
         lines = "".join(json.dumps(row) + "\n" for row in self.history)
