@@ -26,15 +26,7 @@ from cdul.labels.queue import priorities
 from cdul.labels.reviews import EVENTS, read_reviews
 from cdul.trainer.data import load_train_data
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(
-        label_studio.executable() is None,
-        reason="no label-studio executable (set CDUL_LABEL_STUDIO or put it on PATH; "
-        "`.ci/run` installs one)",
-    ),
-]
+pytestmark = label_studio.NEEDS_LABEL_STUDIO
 
 
 #: Label Studio's settings that let it call a backend on a private address.

@@ -15,20 +15,12 @@ from support import label_studio
 from support.labels_run import CLASSES, IDS, LABEL_FREE, make_run
 
 from cdul import cli
-from cdul.core.errors import ConfigError
 from cdul.labels.export import ExportConfig, export
 from cdul.labels.formats.label_studio import labeling_config
 
-needs_label_studio = pytest.mark.skipif(
-    label_studio.executable() is None,
-    reason="no label-studio executable (set CDUL_LABEL_STUDIO or put it on PATH; "
-    "`.ci/run` installs one)",
-)
+pytestmark = label_studio.NEEDS_LABEL_STUDIO
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-@needs_label_studio
 def test_push_imports_tasks_with_predictions_in_pages_and_skips_existing(
     tmp_path, monkeypatch, capsys
 ):
@@ -86,11 +78,3 @@ def test_push_imports_tasks_with_predictions_in_pages_and_skips_existing(
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
         assert cli.main([*args[:-5], "--project", "999", "--no-progress"]) == 2
         assert "HTTP 404" in capsys.readouterr().err
-
-
-def test_push_flags_are_checked(tmp_path):
-    run = make_run(tmp_path)
-    with pytest.raises(ConfigError, match="--push takes --format label-studio"):
-        ExportConfig(run=run["uri"], output="x", format="csv", push="http://x", project=1)
-    with pytest.raises(ConfigError, match="together"):
-        ExportConfig(run=run["uri"], output="x", format="label-studio", push="http://x")

@@ -302,3 +302,13 @@ def test_bad_thresholds_files_are_refused(run, text, message):
         do_export(run, "csv", "x.csv", thresholds=str(run["tmp"] / "t.txt"))
     with pytest.raises(ConfigError, match="not both"):
         ExportConfig(run="r", output="o", threshold=0.5, thresholds="t.json")
+
+
+def test_push_flags_are_checked(run):
+    with pytest.raises(ConfigError, match="--push takes --format label-studio"):
+        ExportConfig(run=run["uri"], output="x", format="csv", push="http://x", project=1)
+    with pytest.raises(ConfigError, match="together"):
+        ExportConfig(run=run["uri"], output="x", format="label-studio", push="http://x")
+    with pytest.raises(ConfigError, match="--push-page must be >= 1"):
+        ExportConfig(run="r", output="x", format="label-studio", push="http://x", project=1,
+                     push_page=0)  # fmt: skip

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from support import label_studio
 from support.labels_run import CLASSES, IDS, LABELS, do_export
@@ -20,15 +19,7 @@ from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labels.import_ import ImportConfig, import_review
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(
-        label_studio.executable() is None,
-        reason="no label-studio executable (set CDUL_LABEL_STUDIO or put it on PATH; "
-        "`.ci/run` installs one)",
-    ),
-]
+pytestmark = label_studio.NEEDS_LABEL_STUDIO
 
 
 def test_label_studio_takes_the_export_and_its_review_comes_back(run, tmp_path):

@@ -24,11 +24,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 EMAIL, PASSWORD = "review@example.com", "cdul-review-password"
 
 
 def executable() -> str | None:
     return os.environ.get("CDUL_LABEL_STUDIO") or shutil.which("label-studio")
+
+
+#: ``pytestmark`` of a test module that starts a real Label Studio: slow, and skipped,
+#: saying why, without the executable.
+NEEDS_LABEL_STUDIO = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(
+        executable() is None,
+        reason="no label-studio executable (set CDUL_LABEL_STUDIO or put it on PATH; "
+        "`.ci/run` installs one)",
+    ),
+]
 
 
 class LabelStudio:

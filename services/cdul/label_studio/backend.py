@@ -57,7 +57,13 @@ from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import open_store
 from cdul.label_studio.new_images import ImageFetcher, NewImages
-from cdul.label_studio.predictions import RunPredictions, choices_control, image_url, result
+from cdul.label_studio.predictions import (
+    Control,
+    RunPredictions,
+    choices_control,
+    image_url,
+    result,
+)
 from cdul.labels.reading import LabelReading
 from cdul.labels.reviews import ANNOTATION_ACTIONS, parse_webhook, write_events
 
@@ -139,10 +145,7 @@ class Backend:
         if schema is not None:
             if not isinstance(schema, str):
                 raise HttpError(400, "'schema' must be the labeling config's XML text")
-            try:
-                control = choices_control(schema)
-            except ConfigError as error:
-                raise HttpError(400, str(error)) from None
+            control = _control(schema)
             missing = sorted(set(self.run.labels.classes) - control.choices)
             if missing:
                 log.warning("project %s's labeling config lacks the run's classes %s: they are "
@@ -155,10 +158,7 @@ class Backend:
             raise HttpError(400, "'tasks' must be a list of Label Studio tasks")
         if not isinstance(config_text, str):
             raise HttpError(400, "'label_config' (the project's labeling config) is missing")
-        try:
-            control = choices_control(config_text)
-        except ConfigError as error:
-            raise HttpError(400, str(error)) from None
+        control = _control(config_text)
         return {"results": [self._predict_one(control, task) for task in tasks]}
 
     def _predict_one(self, control: Any, task: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +201,13 @@ class Backend:
             key = write_events(self.store, events, source=f"label-studio webhook {action}")
         self.metrics.events.labels(action).inc(len(events))
         return 201, {"status": "stored", "events": len(events), "key": key}
+
+
+def _control(label_config: str) -> Control:
+    try:
+        return choices_control(label_config)
+    except ConfigError as error:  # the request's config: the caller's to fix
+        raise HttpError(400, str(error)) from None
 
 
 def _authorized(header: str | None) -> bool:
