@@ -71,7 +71,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "label-studio-backend": Command(
         "cdul.label_studio.backend",
-        "a Label Studio ML backend: a run's labels as predictions, annotations into the run",
+        "a Label Studio ML backend on a run: predictions, reviews into the run",
     ),
     "train": Command(
         "cdul.trainer.command", "train the classifier on pseudo labels (Eq. 8), export a .mar"

@@ -4,10 +4,7 @@ reviewer's annotations created, updated and deleted through Label Studio's API, 
 webhooks' reviewed labels landing in the run and changing what the trainer reads.
 
 Needs the ``label-studio`` executable (``$CDUL_LABEL_STUDIO`` or on PATH; `.ci/run`
-installs it into a venv of its own). Label Studio refuses to call private addresses
-unless told: the test starts it with ``ML_BLOCK_LOCAL_IP=false`` (the backend's URL) and
-``SSRF_PROTECTION_ENABLED=false`` (its calls and webhooks), as the README tells a user
-whose backend runs on their own network.
+installs it into a venv of its own); the ``studio`` fixture (conftest.py) starts it.
 """
 
 from __future__ import annotations
@@ -29,17 +26,13 @@ from cdul.trainer.data import load_train_data
 pytestmark = label_studio.NEEDS_LABEL_STUDIO
 
 
-#: Label Studio's settings that let it call a backend on a private address.
-LOCAL_BACKENDS = {"ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false"}
-
-
 def choices(names: list[str]) -> list[dict]:
     return [
         {"from_name": "labels", "to_name": "image", "type": "choices", "value": {"choices": names}}
     ]
 
 
-def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(tmp_path):
+def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(studio, tmp_path):
     run = make_run(tmp_path)
     store = open_store(run["uri"])
     labels_before = load_train_data(run["uri"], f"folder:{run['images']}", None, "final", 32)
@@ -49,51 +42,48 @@ def test_label_studio_asks_the_backend_and_its_annotations_reach_the_trainer(tmp
     tasks = json.loads(
         do_export(run, "label-studio", "tasks.json", image_root=str(run["images"])).read_text()
     )
-    workdir = tmp_path / "label-studio"
-    workdir.mkdir()
     try:
-        with label_studio.running(workdir, env=LOCAL_BACKENDS) as studio:
-            pid = studio.call(
-                "POST", "/api/projects", {"title": "live", "label_config": labeling_config(CLASSES)}
-            )["id"]
-            ml = studio.call("POST", "/api/ml", {"url": url, "project": pid, "title": "cdul"})
-            assert ml["state"] in ("CO", "CONNECTED"), ml  # it called /health and /setup
-            seen = {s.labels["route"] for s in _samples(backend, "cdul_ls_backend_requests")}
-            assert {"/health", "/setup"} <= seen
-            # Tasks without predictions; Label Studio asks the backend for them.
-            bare = [{"data": t["data"]} for t in tasks]
-            studio.call("POST", f"/api/projects/{pid}/import", bare)
-            listed = studio.call("GET", f"/api/tasks?project={pid}&fields=all")
-            listed = listed["tasks"] if isinstance(listed, dict) else listed
-            task_of = {t["data"]["cdul_id"]: t["id"] for t in listed}
-            studio.call(
-                "POST",
-                f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
-                {"selectedItems": {"all": True, "excluded": []}},
-            )
-            expected_scores = priorities(*_labels_and_store(run)).image_scores().tolist()
-            for k, image_id in enumerate(IDS):
-                (prediction,) = studio.call("GET", f"/api/predictions?task={task_of[image_id]}")
-                chosen = [c for r in prediction["result"] for c in r["value"]["choices"]]
-                assert chosen == LABEL_FREE[k], image_id
-                assert prediction["score"] == pytest.approx(expected_scores[k])
-            # The reviewer: a.png is a dog only; b.png first all three, then corrected to
-            # cat; sub/c d.png annotated, then the annotation deleted.
-            studio.call(
-                "POST", f"/api/tasks/{task_of['a.png']}/annotations", {"result": choices(["dog"])}
-            )
-            b = studio.call(
-                "POST",
-                f"/api/tasks/{task_of['b.png']}/annotations",
-                {"result": choices(list(CLASSES))},
-            )
-            studio.call("PATCH", f"/api/annotations/{b['id']}", {"result": choices(["cat"])})
-            c = studio.call(
-                "POST",
-                f"/api/tasks/{task_of['sub/c d.png']}/annotations",
-                {"result": choices(['fish & "chips" <x>'])},
-            )
-            studio.call("DELETE", f"/api/annotations/{c['id']}")
+        pid = studio.call(
+            "POST", "/api/projects", {"title": "live", "label_config": labeling_config(CLASSES)}
+        )["id"]
+        ml = studio.call("POST", "/api/ml", {"url": url, "project": pid, "title": "cdul"})
+        assert ml["state"] in ("CO", "CONNECTED"), ml  # it called /health and /setup
+        seen = {s.labels["route"] for s in _samples(backend, "cdul_ls_backend_requests")}
+        assert {"/health", "/setup"} <= seen
+        # Tasks without predictions; Label Studio asks the backend for them.
+        bare = [{"data": t["data"]} for t in tasks]
+        studio.call("POST", f"/api/projects/{pid}/import", bare)
+        listed = studio.call("GET", f"/api/tasks?project={pid}&fields=all")
+        listed = listed["tasks"] if isinstance(listed, dict) else listed
+        task_of = {t["data"]["cdul_id"]: t["id"] for t in listed}
+        studio.call(
+            "POST",
+            f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+            {"selectedItems": {"all": True, "excluded": []}},
+        )
+        expected_scores = priorities(*_labels_and_store(run)).image_scores().tolist()
+        for k, image_id in enumerate(IDS):
+            (prediction,) = studio.call("GET", f"/api/predictions?task={task_of[image_id]}")
+            chosen = [c for r in prediction["result"] for c in r["value"]["choices"]]
+            assert chosen == LABEL_FREE[k], image_id
+            assert prediction["score"] == pytest.approx(expected_scores[k])
+        # The reviewer: a.png is a dog only; b.png first all three, then corrected to
+        # cat; sub/c d.png annotated, then the annotation deleted.
+        studio.call(
+            "POST", f"/api/tasks/{task_of['a.png']}/annotations", {"result": choices(["dog"])}
+        )
+        b = studio.call(
+            "POST",
+            f"/api/tasks/{task_of['b.png']}/annotations",
+            {"result": choices(list(CLASSES))},
+        )
+        studio.call("PATCH", f"/api/annotations/{b['id']}", {"result": choices(["cat"])})
+        c = studio.call(
+            "POST",
+            f"/api/tasks/{task_of['sub/c d.png']}/annotations",
+            {"result": choices(['fish & "chips" <x>'])},
+        )
+        studio.call("DELETE", f"/api/annotations/{c['id']}")
     finally:
         server.shutdown()
     # Every webhook is an object in the run; together they decide a.png and b.png.

@@ -326,7 +326,10 @@ def serve(config: BackendConfig) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer((config.host, config.port), handler_for(backend))
     server.daemon_threads = True
     server.backend = backend  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, name="ls-backend", daemon=True).start()
+    # A short poll: shutdown() returns within it.
+    threading.Thread(
+        target=server.serve_forever, args=(0.1,), name="ls-backend", daemon=True
+    ).start()
     return server
 
 
