@@ -1,7 +1,9 @@
 """The whole chain in containers, each run with its pod's spec from the dev overlay.
 
 S3 stand-in -> bucket Job -> CLIP service Deployment (SERVING through its HEALTHCHECK)
--> labeler Indexed Job (2 shards) -> merge Job -> trainer Job -> TorchServe Deployment
+-> labeler Indexed Job (2 shards) -> merge Job -> the Label Studio backend Deployment
+(predictions from the run, an annotation webhook stored in it, basic auth from its
+Secret) -> trainer Job (learning the reviewed label) -> TorchServe Deployment
 (init container fetching the archive, TorchServe, auth-proxy sidecar) -> predictions
 over HTTP from the host with the bearer key; both Prometheus ports scraped and parsed.
 The same jobs, with the same arguments, then run on the host against the same S3
@@ -10,6 +12,7 @@ endpoint: pseudo labels must agree to 1e-5 and the served val mAP to 0.005.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import shutil
@@ -31,11 +34,13 @@ from cdul.core.datasets import open_dataset
 from cdul.core.evaluation import evaluate
 from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.storage import open_store
+from cdul.labels.formats.label_studio import labeling_config
+from cdul.labels.reviews import EVENTS, read_reviews
 from cdul.trainer.loop import METRICS_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 CDUL = str(Path(sys.executable).with_name("cdul"))
-HOST_PORTS = (9000, 51000, 9100, 8000, 8080, 8081, 8082, 7070, 7071, 29400)
+HOST_PORTS = (9000, 51000, 9100, 8000, 8080, 8081, 8082, 7070, 7071, 29400, 9090)
 SERVICES = ("minio", "clip-service", "clip-service-headless", "torchserve")
 ACCESS_KEY, SECRET_KEY = "cdul-test-access", "cdul-test-secret-0123456789"
 TRAIN_SCENES, VAL_SCENES = 160, 60
@@ -137,6 +142,7 @@ def cluster(tmp_path: Path, images, volumes, docker_label) -> Cluster:
         secrets={
             "cdul-s3": {"S3_ACCESS_KEY": ACCESS_KEY, "S3_SECRET_KEY": SECRET_KEY},
             "cdul-torchserve": {"inference-key": secrets.token_urlsafe(24)},
+            "cdul-ls-backend": {"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": secrets.token_hex(8)},
         },
         claims=volumes,
         workdir=tmp_path / "kubelet",
@@ -205,6 +211,55 @@ def served_predictions(key: str, root: Path) -> tuple[torch.Tensor, torch.Tensor
     return torch.tensor(rows), val.ground_truth_matrix(), list(val.classes)
 
 
+def review_in_the_backend_pod(cluster: Cluster, config: dict[str, str]) -> None:
+    """The Label Studio backend's pod on the merged run: /health open, the rest behind the
+    Secret's basic auth, a prediction from the run, an annotation webhook stored in S3."""
+    pod = cluster.pod("Deployment", "label-studio-backend")
+    start(pod, "label-studio-backend", "label-studio-backend")
+    wait_until("the backend's /health", lambda: http("http://127.0.0.1:9090/health")[0] == 200,
+               120, "label-studio-backend")  # fmt: skip
+    secret = cluster.secrets["cdul-ls-backend"]
+    token = base64.b64encode(f"{secret['BASIC_AUTH_USER']}:{secret['BASIC_AUTH_PASS']}".encode())
+    headers = {"Content-Type": "application/json", "Authorization": f"Basic {token.decode()}"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("S3_ENDPOINT", "http://127.0.0.1:9000")
+        patch.setenv("S3_ACCESS_KEY", ACCESS_KEY)
+        patch.setenv("S3_SECRET_KEY", SECRET_KEY)
+        store = open_store(config["CDUL_RUN"])
+        labels = read_pseudo_labels(store)
+        image_id, classes = labels.ids[0], list(labels.classes)
+        body = {"tasks": [{"id": 1, "data": {"cdul_id": image_id, "image": "x"}}],
+                "label_config": labeling_config(classes)}  # fmt: skip
+        data = json.dumps(body).encode()
+        assert (
+            http("http://127.0.0.1:9090/predict", data, {"Content-Type": "application/json"})[0]
+            == 401
+        )
+        status, answer = http("http://127.0.0.1:9090/predict", data, headers)
+        assert status == 200, answer
+        (prediction,) = json.loads(answer)["results"]
+        assert 0 < prediction["score"] < 1 and prediction["model_version"].startswith("cdul ")
+        result = [{"from_name": "labels", "to_name": "image", "type": "choices",
+                   "value": {"choices": [classes[0]]}}]  # fmt: skip
+        event = {"action": "ANNOTATION_CREATED", "task": {"id": 1, "data": {"cdul_id": image_id}},
+                 "annotation": {"id": 5, "task": 1, "result": result}}  # fmt: skip
+        status, answer = http("http://127.0.0.1:9090/webhook", json.dumps(event).encode(), headers)
+        assert status == 201, answer
+        assert read_reviews(store).decisions == {image_id: [classes[0]]}
+
+
+def copy_reviews(source: str, target: str) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {"S3_ENDPOINT": "http://127.0.0.1:9000", "S3_ACCESS_KEY": ACCESS_KEY,
+                            "S3_SECRET_KEY": SECRET_KEY}.items():  # fmt: skip
+            patch.setenv(name, value)
+        inside, outside = open_store(source), open_store(target)
+        keys = inside.list(EVENTS)
+        assert keys
+        for key in keys:
+            outside.write_bytes(key, inside.read_bytes(key))
+
+
 def host_args(argv: list[str], volumes: dict[str, Path]) -> list[str]:
     """A container's arguments for the same job run on the host: mount paths -> host paths."""
     mapping = {"/data/": f"{volumes['cdul-data']}/", "/models/": f"{volumes['cdul-models']}/"}
@@ -250,6 +305,7 @@ def test_the_chain_runs_in_its_pods_and_matches_the_host(cluster: Cluster, volum
     start_clip_service(cluster, "clip")
     label_shards(cluster, "label")
     run_job(cluster.pod("Job", "cdul-label-merge"), "label-merge", "label-merge", 300)
+    review_in_the_backend_pod(cluster, config)
     run_job(cluster.pod("Job", "cdul-train"), "trainer", "train", 900)
 
     serve = cluster.pod("Deployment", "torchserve")
@@ -300,6 +356,7 @@ def test_the_chain_runs_in_its_pods_and_matches_the_host(cluster: Cluster, volum
         launch.stop(process)
     run_on_host(cluster, "Job", "cdul-label-merge", "label-merge", env, volumes,
                 {"CDUL_RUN": host_run})  # fmt: skip
+    copy_reviews(config["CDUL_RUN"], host_run)  # the host trainer learns the same review
     run_on_host(cluster, "Job", "cdul-train", "trainer", env, volumes, {"CDUL_RUN": host_run})
 
     s3 = {"S3_ENDPOINT": "http://127.0.0.1:9000", **{k: env[k] for k in env if "S3" in k}}

@@ -116,7 +116,10 @@ class Pod:
                 env[item["name"]] = self.cluster.config_map(key["name"])[key["key"]]
             else:
                 key = ref["secretKeyRef"]
-                env[item["name"]] = self.cluster.secrets[key["name"]][key["key"]]
+                values = self.cluster.secrets.get(key["name"], {})
+                if key["key"] not in values and key.get("optional"):
+                    continue  # as the kubelet does: an optional key that is not there
+                env[item["name"]] = values[key["key"]]
         env.update(extra)
         return env
 
