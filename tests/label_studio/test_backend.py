@@ -271,3 +271,33 @@ def test_a_killed_backend_loses_no_acknowledged_annotation(tmp_path):
         process.wait(30)
         process.stdout.close()
     assert read_reviews(store).decisions["a.png"] == ["cat"]
+
+
+@pytest.mark.slow
+def test_webhooks_on_s3_answer_503_while_the_store_is_down(tmp_path, s3_env, s3_server):
+    """A webhook the store cannot take is not acknowledged (503, nothing claimed stored);
+    once the store is back the next one is, and the earlier objects are all whole."""
+    run = make_run(tmp_path)
+    local, remote = open_store(run["uri"]), open_store(s3_env, create_bucket=True)
+    for key in local.list(""):
+        remote.write_bytes(key, local.read_bytes(key))
+    server = serve(BackendConfig(run=s3_env, host="127.0.0.1", port=0))
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert call(url, "/webhook", annotation_event(1, "a.png", ["dog"]))[0] == 201
+        s3_server.stop_listening()
+        try:
+            started = time.monotonic()
+            code, answer = call(url, "/webhook", annotation_event(2, "b.png", ["cat"]))
+            assert time.monotonic() - started < 5  # a prompt answer, not the jobs' patience
+            assert code == 503, answer
+            # Predictions come from memory: the store being down does not stop them.
+            body = {"tasks": [{"id": 1, "data": {"cdul_id": "a.png"}}], "label_config": XML}
+            assert call(url, "/predict", body)[0] == 200
+        finally:
+            s3_server.resume_listening()
+        assert call(url, "/webhook", annotation_event(3, "b.png", ['fish & "chips" <x>']))[0] == 201
+    finally:
+        server.shutdown()
+    decisions = read_reviews(remote).decisions
+    assert decisions == {"a.png": ["dog"], "b.png": ['fish & "chips" <x>']}

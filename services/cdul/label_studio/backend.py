@@ -54,6 +54,7 @@ from prometheus_client import (
 
 from cdul.core.errors import CdulError, ConfigError, StorageError
 from cdul.core.pseudo_labels import read_pseudo_labels
+from cdul.core.retry import RetryPolicy
 from cdul.core.settings import add_flags, from_args, setting
 from cdul.core.storage import open_store
 from cdul.label_studio.new_images import ImageFetcher, NewImages
@@ -72,6 +73,9 @@ log = logging.getLogger("cdul.label_studio")
 #: The largest request body read (a page of tasks with their data is far smaller).
 MAX_BODY = 32 * 1024 * 1024
 MODEL_CLASS = "CdulRunBackend"
+#: Event writes retry briefly: Label Studio waits WEBHOOK_TIMEOUT (1 s by default) for the
+#: answer and never retries, so a store that is down gets a prompt 503 in its log.
+WEBHOOK_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.1, max_backoff_s=0.4)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +130,7 @@ class Backend:
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
         self.store = open_store(config.run)
+        self.events_store = open_store(config.run, retry=WEBHOOK_RETRY)
         labels = read_pseudo_labels(self.store)
         self.run = RunPredictions(labels, self.store, config)
         fetcher = ImageFetcher(config.image_root, config.label_studio_url)
@@ -198,7 +203,7 @@ class Backend:
         except ConfigError as error:
             raise HttpError(400, str(error)) from None
         with self.write_lock:  # one writer: keys sort by arrival
-            key = write_events(self.store, events, source=f"label-studio webhook {action}")
+            key = write_events(self.events_store, events, source=f"label-studio webhook {action}")
         self.metrics.events.labels(action).inc(len(events))
         return 201, {"status": "stored", "events": len(events), "key": key}
 
