@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from cdul.core.errors import ConfigError
-from cdul.core.pseudo_labels import read_table
+from cdul.core.pseudo_labels import read_table, write_table
 from cdul.core.storage import ObjectStore
 
 #: A fold run's held-out predictions, and the run's gathered out-of-fold ones.
@@ -70,6 +70,17 @@ def to_table(
         "image_id": pa.array(ids, type=pa.string()), "probability": fixed(probabilities),
         "threshold": fixed(thresholds), "fold": pa.array(fold.numpy().astype(np.int32)),
     })  # fmt: skip
+
+
+def write_held_out(
+    store: ObjectStore, ids: list[str], probabilities: torch.Tensor, thresholds: torch.Tensor,
+    fold: int,
+) -> None:  # fmt: skip
+    """A fold run's :data:`HELD_OUT`: its predictions and its ``(C,)`` thresholds."""
+    n = len(ids)
+    table = to_table(ids, probabilities, thresholds.float()[None, :].expand(n, -1),
+                     torch.full((n,), fold))  # fmt: skip
+    write_table(store, HELD_OUT, table)
 
 
 def read(store: ObjectStore, key: str = OUT_OF_FOLD) -> OutOfFold | None:

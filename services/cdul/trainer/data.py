@@ -69,6 +69,18 @@ class TrainData:
     held_out: ImageSet | None = None  # --hold-out: the fold's images ...
     held_out_ids: list[str] | None = None  # ... and their ids
 
+    def reviews_digest(self) -> str:
+        """Which rows are reviewed and their labels ("" with none): a resumed run must
+        learn from the reviews it started with."""
+        rows = self.reviewed.nonzero().flatten().tolist()
+        if not rows:
+            return ""
+        digest = hashlib.sha256()
+        for k in rows:
+            digest.update(self.labels.ids[k].encode() + b"\0")
+            digest.update(self.initial_labels[k].numpy().tobytes())
+        return digest.hexdigest()
+
 
 def with_reviews(
     labels: PseudoLabels, store_uri: str, vector: str

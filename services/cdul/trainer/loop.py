@@ -23,7 +23,6 @@ re-derives them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -44,7 +43,6 @@ from cdul.core.errors import ConfigError
 from cdul.core.evaluation import evaluate
 from cdul.core.method.alignment import align_latent, bernoulli_kl, from_latent, to_latent
 from cdul.core.method.thresholds import calibrated
-from cdul.core.pseudo_labels import write_table
 from cdul.core.storage import ObjectStore, open_store
 from cdul.labels import out_of_fold
 from cdul.trainer import checkpoint, distributed
@@ -159,7 +157,7 @@ class Trainer:
                 f"{self.store.uri_for(checkpoint.CHECKPOINT_KEY)} belongs to a run with other "
                 "settings (use another --output or delete it): " + "; ".join(conflicts)
             )
-        if payload.get("reviews", "") != self._reviews_digest():  # older ones: none recorded
+        if payload.get("reviews", "") != self.data.reviews_digest():  # older ones: none recorded
             where = self.store.uri_for(checkpoint.CHECKPOINT_KEY)
             raise ConfigError(f"the run's reviewed labels changed since {where} was written: "
                               "train into a new --output to learn from them")  # fmt: skip
@@ -346,30 +344,13 @@ class Trainer:
             self.store.write_json(THRESHOLDS_KEY, describe(chosen, classes, report))
         return chosen
 
-    def _reviews_digest(self) -> str:
-        """Which rows are reviewed and their labels ("" with none): a resumed run must
-        learn from the same reviews it started with."""
-        rows = self.data.reviewed.nonzero().flatten()
-        if not len(rows):
-            return ""
-        digest = hashlib.sha256()
-        for k in rows.tolist():
-            digest.update(self.data.labels.ids[k].encode() + b"\0")
-            digest.update(self.data.initial_labels[k].numpy().tobytes())
-        return digest.hexdigest()
-
     def _write_held_out(self, thresholds: DecisionThresholds) -> None:
         """--hold-out: the held-out fold's probabilities with this run's thresholds."""
         assert self.data.held_out is not None and self.data.held_out_ids is not None
-        probabilities = torch.sigmoid(self.predict(self.data.held_out))
-        if self.env.is_main:
-            n = len(self.data.held_out_ids)
-            k, _ = self.config.fold or (0, 0)
-            table = out_of_fold.to_table(
-                self.data.held_out_ids, probabilities,
-                thresholds.values.float()[None, :].expand(n, -1), torch.full((n,), k),
-            )  # fmt: skip
-            write_table(self.store, out_of_fold.HELD_OUT, table)
+        probabilities = torch.sigmoid(self.predict(self.data.held_out))  # every rank
+        if self.env.is_main and self.config.fold is not None:
+            out_of_fold.write_held_out(self.store, self.data.held_out_ids, probabilities,
+                                       thresholds.values, self.config.fold[0])  # fmt: skip
             log.info("held-out predictions: %s", self.store.uri_for(out_of_fold.HELD_OUT))
 
     def _write_record(self) -> None:
@@ -403,7 +384,7 @@ class Trainer:
                 "history": json.dumps(self.history),
                 "config": self.config.to_json(),
                 "rng": checkpoint.rng_state(self.generator),
-                "reviews": self._reviews_digest(),
+                "reviews": self.data.reviews_digest(),
             },
         )
         lines = "".join(json.dumps(row) + "\n" for row in self.history)
