@@ -122,7 +122,6 @@ def backend_rows(seed: int, args: argparse.Namespace) -> list[dict]:
     loopback HTTP), then 1,000 tasks into a real Label Studio two ways: pushed by
     label-export, and pulled by Label Studio from the backend (its "retrieve predictions")."""
     import random
-    import re
     import time
     import urllib.request
 
@@ -135,23 +134,9 @@ def backend_rows(seed: int, args: argparse.Namespace) -> list[dict]:
     run = args.workdir / f"s{seed}"
     labels = read_pseudo_labels(open_store(f"file://{run}"))
     xml = labeling_config(list(labels.classes))
-    process = subprocess.Popen(
-        [
-            launch.CDUL,
-            "label-studio-backend",
-            f"file://{run}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process, url = label_studio.start_backend(f"file://{run}")
     rows = []
     try:
-        assert process.stdout is not None
-        url = re.search(r"http://[\d.]+:\d+", process.stdout.readline()).group(0)
         rng = random.Random(seed)
         times = []
         for _ in range(args.pages):
@@ -234,6 +219,7 @@ def backend_rows(seed: int, args: argparse.Namespace) -> list[dict]:
     finally:
         process.terminate()
         process.wait(30)
+        process.stdout.close()
     return rows
 
 

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from support import label_studio
 from support.labels_run import CLASSES, IDS, LABEL_FREE, make_run
 
 from cdul.core.pseudo_labels import read_pseudo_labels
@@ -210,29 +207,6 @@ def test_a_killed_backend_loses_no_acknowledged_annotation(tmp_path):
     acknowledged: list[int] = []
     lock = threading.Lock()
 
-    def start() -> tuple[subprocess.Popen, str]:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cdul.cli",
-                "label-studio-backend",
-                run["uri"],
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        port = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert port, line
-        return process, f"http://127.0.0.1:{port.group(1)}"
-
     def send(url: str, first: int, stop: threading.Event) -> None:
         n = first
         while not stop.is_set():
@@ -245,7 +219,7 @@ def test_a_killed_backend_loses_no_acknowledged_annotation(tmp_path):
                     acknowledged.append(n)
             n += 4
 
-    process, url = start()
+    process, url = label_studio.start_backend(run["uri"])
     stop = threading.Event()
     senders = [threading.Thread(target=send, args=(url, k, stop)) for k in range(4)]
     for thread in senders:
@@ -263,7 +237,7 @@ def test_a_killed_backend_loses_no_acknowledged_annotation(tmp_path):
         stored |= {e["annotation"] for e in store.read_json(key)["events"]}  # every object whole
     assert set(acknowledged) <= stored
     # A restarted backend goes on; the run's reviews read whole.
-    process, url = start()
+    process, url = label_studio.start_backend(run["uri"])
     try:
         assert call(url, "/webhook", annotation_event(10**6, "a.png", ["cat"]))[0] == 201
     finally:

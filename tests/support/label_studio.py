@@ -13,9 +13,11 @@ import contextlib
 import http.cookiejar
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -76,6 +78,24 @@ class LabelStudio:
         with self.opener.open(request, timeout=60) as response:
             data = response.read()
         return json.loads(data) if data else None
+
+
+def start_backend(run_uri: str) -> tuple[subprocess.Popen, str]:
+    """``cdul label-studio-backend RUN`` in its own process on a free loopback port: the
+    process (its stdout a pipe: close it after stopping) and the backend's URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cdul.cli", "label-studio-backend", run_uri, "--host",
+         "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the line naming the port, once it listens
+    found = re.search(r"http://127\.0\.0\.1:\d+", line)
+    if found is None:
+        process.kill()
+        process.wait(30)
+        raise RuntimeError(f"the backend did not start: {line!r}")
+    return process, found.group(0)
 
 
 def _free_port() -> int:

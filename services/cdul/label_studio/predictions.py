@@ -17,8 +17,8 @@ The labeling config the request carries says where the result goes: the first
 
 from __future__ import annotations
 
+import functools
 import posixpath
-import threading
 import urllib.parse
 from dataclasses import dataclass
 from xml.etree import ElementTree
@@ -29,8 +29,8 @@ from cdul.core.errors import ConfigError
 from cdul.core.method import review
 from cdul.core.pseudo_labels import PseudoLabels
 from cdul.core.storage import ObjectStore
-from cdul.labels.queue import EVIDENCE_VECTORS, Priorities, priorities
-from cdul.labels.reading import LabelReading, run_thresholds
+from cdul.labels.queue import Priorities, evidence_thresholds, label_free_priority, priorities
+from cdul.labels.reading import LabelReading
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,9 @@ class Control:
     choices: frozenset[str]
 
 
-_controls: dict[str, Control] = {}
-_controls_lock = threading.Lock()
-
-
+@functools.lru_cache(maxsize=64)  # one parse per labeling config, not per request
 def choices_control(label_config: str) -> Control:
-    """The first ``<Choices>`` of a Label Studio labeling config (cached by its text)."""
-    with _controls_lock:
-        found = _controls.get(label_config)
-    if found is not None:
-        return found
+    """The first ``<Choices>`` of a Label Studio labeling config."""
     try:
         root = ElementTree.fromstring(label_config)
     except ElementTree.ParseError as error:
@@ -61,12 +54,7 @@ def choices_control(label_config: str) -> Control:
         raise ConfigError("the labeling config has no <Choices name=... toName=...> control "
                           "for multi-label classes (cdul label-export writes one)")  # fmt: skip
     values = frozenset(c.get("value") or c.get("alias") or "" for c in control.iter("Choice"))
-    found = Control(control.get("name", ""), control.get("toName", ""), values - {""})
-    with _controls_lock:
-        if len(_controls) > 64:
-            _controls.clear()
-        _controls[label_config] = found
-    return found
+    return Control(control.get("name", ""), control.get("toName", ""), values - {""})
 
 
 def result(control: Control, chosen: list[str]) -> list[dict]:
@@ -111,6 +99,7 @@ class RunPredictions:
         self.scores = self.found.image_scores().tolist()
         self.position = {image_id: i for i, image_id in enumerate(labels.ids)}
         self.hard = self.found.labels.numpy()
+        self.evidence = evidence_thresholds(labels)  # once: new images reuse them
         m = labels.manifest
         self.model_version = f"cdul {m.clip_model} {m.snippet_spec} {reading.vector} ({m.created})"
 
@@ -134,11 +123,8 @@ class RunPredictions:
     def scored(self, scores: dict[str, torch.Tensor]) -> tuple[list[list[str]], list[float]]:
         """Labels and review scores of new images' vectors (``(M, C)`` each, the run's
         names), at the run's thresholds; priority from distance and evidence."""
-        thresholds = self.found.thresholds.values
-        final = scores[self.reading.vector]
-        hard = review.hard_labels(final, thresholds)
-        pieces = [(scores[v], run_thresholds(self.labels, v).values) for v in EVIDENCE_VECTORS]
-        value = review.priority(review.distance(final, thresholds), review.evidence(hard, pieces))
+        hard, value = label_free_priority(scores, self.reading.vector,
+                                          self.found.thresholds.values, self.evidence)  # fmt: skip
         image_scores = review.review_score(review.image_priority(value)).tolist()
         chosen = [[c for c, on in zip(self.labels.classes, row, strict=True) if on]
                   for row in hard.tolist()]  # fmt: skip

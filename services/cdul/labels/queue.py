@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -61,22 +62,32 @@ class Priorities:
         return review.review_score(review.image_priority(self.values))
 
 
+def evidence_thresholds(labels: PseudoLabels) -> dict[str, torch.Tensor]:
+    """The run's label-free thresholds of each of :data:`EVIDENCE_VECTORS`."""
+    return {v: run_thresholds(labels, v).values for v in EVIDENCE_VECTORS}
+
+
+def label_free_priority(
+    vectors: Mapping[str, torch.Tensor], vector: str, thresholds: torch.Tensor,
+    evidence: Mapping[str, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The hard labels of ``vectors[vector]`` at ``thresholds`` and their priority from
+    the terms every image has (``-d + e``; ``evidence``: :func:`evidence_thresholds`)."""
+    scores = vectors[vector]
+    hard = review.hard_labels(scores, thresholds)
+    pieces = [(vectors[v], evidence[v]) for v in EVIDENCE_VECTORS]
+    return hard, review.priority(review.distance(scores, thresholds), review.evidence(hard, pieces))
+
+
 def priorities(
     labels: PseudoLabels, store: ObjectStore, reading: LabelReading | None = None
 ) -> Priorities:
     """The run's review priorities (see the module docstring)."""
     reading = reading or LabelReading()
     thresholds = reading.thresholds_for(labels)
-    scores = labels[reading.vector]
-    hard = review.hard_labels(scores, thresholds.values)
-    terms = ["threshold distance"]
-    total = review.priority(
-        review.distance(scores, thresholds.values),
-        review.evidence(
-            hard, [(labels[v], run_thresholds(labels, v).values) for v in EVIDENCE_VECTORS]
-        ),
-    )
-    terms.append("global and snippet evidence")
+    hard, total = label_free_priority(labels.vectors, reading.vector, thresholds.values,
+                                      evidence_thresholds(labels))  # fmt: skip
+    terms = ["threshold distance", "global and snippet evidence"]
     predictions = out_of_fold.read(store)
     if predictions is not None:
         aligned = predictions.aligned(list(labels.ids), store.uri_for(out_of_fold.OUT_OF_FOLD))

@@ -18,8 +18,6 @@ reviewed image's row is 1.0 for the chosen classes and 0.0 for the others.
 from __future__ import annotations
 
 import datetime
-import json
-import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,8 +31,6 @@ from cdul.core.storage import ObjectStore
 from cdul.labels.formats.base import Decisions
 from cdul.labels.formats.label_studio import annotation_choices
 from cdul.labels.reading import Thresholds, over_threshold
-
-log = logging.getLogger("cdul.labels")
 
 #: Where the backend writes annotation events, one object per webhook delivery.
 EVENTS = "reviews/events/"
@@ -131,7 +127,7 @@ def read_reviews(store: ObjectStore) -> Reviews:
     for order, key in enumerate(keys):
         try:
             events = [ReviewEvent(**e) for e in store.read_json(key)["events"]]
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        except (KeyError, TypeError, ValueError) as error:  # unreadable JSON: read_json names it
             where = store.uri_for(key)
             raise ConfigError(f"{where} is not a review event object: {error}") from None
         for event in events:
