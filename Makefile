@@ -7,16 +7,26 @@ STAMP := $(VENV)/.installed
 # The world's trained models are cached here (once per checkout; see services/cdul/world/cache.py).
 export CDUL_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: install test test-repeat test-containers lint unit demo clean proto world-models
+.PHONY: install lock test test-repeat test-containers lint unit demo clean proto world-models
 
-# The venv is rebuilt when the pins change.
-$(STAMP): pyproject.toml
+# The venv holds exactly the lock (requirements/dev.txt: every package with its version
+# and hashes, torch included, resolved from pyproject.toml by `make lock`), then the
+# project itself; it is rebuilt when the lock changes. pip check proves the set whole.
+LOCK := requirements/dev.txt
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve pyproject.toml's pins (direct) into requirements/*.txt (everything, with hashes)
+# with uv: one file per install set (the venv and CI, each image, Label Studio for CI).
+# tests/deploy/test_lock.py fails while they disagree; commit both together.
+lock: $(STAMP)
+	$(PY) deploy/lock.py --uv $(VENV)/bin/uv
 
 # gRPC stubs from protos/ into services/cdul/_proto (committed; a test checks they are current).
 proto: $(STAMP)

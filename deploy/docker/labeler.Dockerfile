@@ -22,18 +22,27 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 COPY pyproject.toml /src/pyproject.toml
-# torch and torchvision alone first, at the versions pyproject.toml pins (the one place
-# the pins live). TORCH_INDEX_URL adds an index such as PyTorch's CPU wheels.
+COPY requirements/torch-base.txt /src/requirements/torch-base.txt
+# What torch needs and the core dependencies, from the lock (versions and hashes,
+# `make lock`), then torch and torchvision at the versions pyproject.toml pins (the one
+# place the pins live), finding those already installed: only torch's build comes from
+# the index (TORCH_INDEX_URL adds one such as PyTorch's CPU wheels; its files differ
+# from PyPI's, so they are pinned by version, not hash).
+RUN pip install --require-hashes --no-deps -r /src/requirements/torch-base.txt
 ARG TORCH_INDEX_URL
 RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} $(python -c "import tomllib; print(*(d for d in tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith(('torch==', 'torchvision=='))))")
 # ---- end of the shared layers
 
 RUN groupadd --gid 10001 cdul \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/cdul --shell /usr/sbin/nologin cdul
-# The package with only its component's extra (pyproject.toml), then the sources go.
+# The component's extra from its lock (requirements/, `make lock`), then the package
+# itself (no dependency resolved at build time; pip check proves the set whole); the
+# sources go.
 COPY README.md /src/README.md
+COPY requirements/labeler.txt /src/requirements/labeler.txt
 COPY services /src/services
-RUN pip install "/src[labeler]" && rm -rf /src
+RUN pip install --require-hashes --no-deps -r /src/requirements/labeler.txt \
+ && pip install --no-deps --no-build-isolation /src && pip check && rm -rf /src
 ENV HOME=/home/cdul \
     XDG_CACHE_HOME=/tmp/cache
 USER 10001:10001
