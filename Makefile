@@ -76,8 +76,9 @@ unit: $(STAMP)
 
 # The whole chain on the embedded world (see `cdul demo --help`); DEMO_ARGS passes options,
 # e.g. DEMO_ARGS="--run s3://bucket/demo" with S3_ENDPOINT/S3_ACCESS_KEY/S3_SECRET_KEY set.
+# The demo trains (or reuses) the world's models itself, drawing the world meanwhile.
 DEMO_ARGS ?=
-demo: $(STAMP) world-models
+demo: $(STAMP)
 	$(VENV)/bin/cdul demo $(DEMO_ARGS)
 
 clean:

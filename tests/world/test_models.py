@@ -80,3 +80,62 @@ def test_checkpoint_loads_through_open_clip_like_a_pretrained_tag(world_clip):
         torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), ours.state_dict().values(), strict=True)
     )
+
+
+def test_batches_drawn_ahead_are_those_the_loop_drew_itself():
+    """Prefetching changes when a batch is drawn, never which: step k holds singles
+    k*B .. k*B+B-1, so the weights (and the cache key) do not depend on it."""
+    from cdul.world.generator import make_single
+    from cdul.world.stream import single_batches
+
+    transform = backbone.to_tensor()
+
+    def encode(singles):
+        return torch.stack([transform(s.image) for s in singles]), [s.caption for s in singles]
+
+    in_worker = list(single_batches(3, "pretrain", 4, 3, encode, ahead=2))
+    here = list(single_batches(3, "pretrain", 4, 3, encode, ahead=0))
+    assert len(in_worker) == len(here) == 3
+    for step, ((images, captions), (same, same_captions)) in enumerate(
+        zip(in_worker, here, strict=True)
+    ):
+        assert torch.equal(images, same) and captions == same_captions
+        expected = [make_single(3, step * 4 + i) for i in range(4)]
+        assert captions == [s.caption for s in expected]
+        assert torch.equal(images, torch.stack([transform(s.image) for s in expected]))
+
+
+def test_tiny_clip_residual_blocks_start_live_unless_asked():
+    """open_clip zero-initialises each residual block's last BatchNorm scale; the world's
+    recipe sets it to 1 (the stalled seeds' fix), zero_init_residual=True keeps open_clip's."""
+    from dataclasses import replace
+
+    recipe = tiny_clip.TinyClipRecipe(steps=1, batch_size=4, warmup_steps=1, lr=1e-9)
+    live, _ = tiny_clip.train_tiny_clip(recipe, progress=False)
+    zero, _ = tiny_clip.train_tiny_clip(replace(recipe, zero_init_residual=True), progress=False)
+    for layer in range(1, 5):
+        key = f"visual.layer{layer}.0.bn3.weight"
+        assert torch.allclose(live[key], torch.ones_like(live[key]), atol=1e-6), key
+        assert torch.allclose(zero[key], torch.zeros_like(zero[key]), atol=1e-6), key
+    assert replace(recipe, zero_init_residual=True).key() != recipe.key()
+
+
+def test_a_consumer_that_stops_early_stops_the_drawing_thread():
+    import threading
+
+    from cdul.world.stream import single_batches
+
+    batches = single_batches(0, "pretrain", 2, 1000, lambda singles: len(singles), ahead=2)
+    assert next(batches) == 2
+    batches.close()  # the training loop broke off (an error, Ctrl-C)
+    assert not [t for t in threading.enumerate() if t.name == "world-singles"]
+
+
+def test_an_error_while_drawing_reaches_the_training_loop():
+    from cdul.world.stream import single_batches
+
+    def encode(singles):
+        raise ValueError("cannot draw")
+
+    with pytest.raises(ValueError, match="cannot draw"):
+        list(single_batches(0, "pretrain", 2, 5, encode, ahead=2))

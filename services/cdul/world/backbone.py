@@ -13,6 +13,7 @@ Deterministic for a fixed seed and thread count (both part of the cache key).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from torchvision.transforms import v2
 
 from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cdul.world import cache
-from cdul.world.generator import make_single
+from cdul.world.generator import Single, make_single
 from cdul.world.shapes import SHAPES
+from cdul.world.stream import single_batches
 
 
 @dataclass(frozen=True)
@@ -80,21 +82,21 @@ def train_backbone(
         torch.manual_seed(recipe.seed)
         model = torchvision.models.get_model(recipe.arch, weights=None, num_classes=len(SHAPES))
         model.train()
-        optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / recipe.steps))
         )
         transform = to_tensor()
-        desc = f"world backbone ({recipe.arch})"
-        bar = tqdm(range(recipe.steps), desc=desc, unit="step", disable=not progress)
-        accuracy = float("nan")
-        for step in bar:
-            singles = [
-                make_single(recipe.seed, step * recipe.batch_size + i, stream="pretrain")
-                for i in range(recipe.batch_size)
-            ]
+
+        def encode(singles: Sequence[Single]) -> tuple[torch.Tensor, torch.Tensor]:
             images = torch.stack([transform(s.image) for s in singles])
-            targets = torch.tensor([s.label for s in singles])
+            return images, torch.tensor([s.label for s in singles])
+
+        batches = single_batches(recipe.seed, "pretrain", recipe.batch_size, recipe.steps, encode)
+        desc = f"world backbone ({recipe.arch})"
+        bar = tqdm(batches, desc=desc, unit="step", disable=not progress)
+        accuracy = float("nan")
+        for images, targets in bar:
             logits = model(images)
             loss = torch.nn.functional.cross_entropy(logits, targets)
             optimiser.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ Deterministic for a fixed seed and thread count (both part of the cache key).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from tqdm import tqdm
 
 from cdul.core.clip_models import MODEL_CONFIG_DIR, create_clip
 from cdul.world import cache
-from cdul.world.generator import make_single
+from cdul.world.generator import Single
+from cdul.world.stream import single_batches
 
 MODEL_NAME = "cdul-tiny-rn"
 
@@ -31,11 +33,17 @@ MODEL_NAME = "cdul-tiny-rn"
 class TinyClipRecipe:
     """Everything that determines the tiny CLIP's weights."""
 
-    steps: int = 1000
+    steps: int = 800
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 50
+    warmup_steps: int = 100
+    # open_clip zero-initialises the last BatchNorm of every residual block (as
+    # torchvision's zero_init_residual=True): each block starts as the identity. With one
+    # block per stage the tower then starts as its stem plus 1x1 shortcuts, which see
+    # colour but hardly shape, and on some seeds the blocks woke up too late: shape
+    # top-1 0.39 (seed 8) against 0.94 (seed 9) after 1,000 steps, colour >= 0.99 on all.
+    zero_init_residual: bool = False
     seed: int = 0
     threads: int = 2
 
@@ -78,6 +86,8 @@ def train_tiny_clip(
         torch.manual_seed(recipe.seed)
         clip = create_clip(MODEL_NAME, None)
         model = clip.model.train()
+        if not recipe.zero_init_residual:
+            _live_residual_blocks(model.visual)
         loss_fn = open_clip.ClipLoss()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit" not in n]
         rest = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit" in n]
@@ -87,16 +97,17 @@ def train_tiny_clip(
                 {"params": rest, "weight_decay": 0.0},
             ],
             lr=recipe.lr,
+            fused=True,  # one kernel over all parameters: ~5x cheaper than foreach here
         )
-        bar = tqdm(range(recipe.steps), desc="tiny CLIP", unit="step", disable=not progress)
-        running = float("nan")
-        for step in bar:
-            singles = [
-                make_single(recipe.seed, step * recipe.batch_size + i)
-                for i in range(recipe.batch_size)
-            ]
+
+        def encode(singles: Sequence[Single]) -> tuple[torch.Tensor, torch.Tensor]:
             images = torch.stack([clip.preprocess(s.image) for s in singles])
-            texts = clip.tokenizer([s.caption for s in singles])
+            return images, clip.tokenizer([s.caption for s in singles])
+
+        batches = single_batches(recipe.seed, "pretrain", recipe.batch_size, recipe.steps, encode)
+        bar = tqdm(batches, desc="tiny CLIP", unit="step", disable=not progress)
+        running = float("nan")
+        for step, (images, texts) in enumerate(bar):
             for group in optimiser.param_groups:
                 group["lr"] = _lr_at(step, recipe)
             image_features = model.encode_image(images, normalize=True)
@@ -119,3 +130,12 @@ def train_tiny_clip(
         return {k: v.detach().clone() for k, v in model.state_dict().items()}, summary
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _live_residual_blocks(visual: torch.nn.Module) -> None:
+    """Undo open_clip's zero init of each residual block's last BatchNorm scale (to 1,
+    PyTorch's default), so every block contributes from the first step."""
+    with torch.no_grad():
+        for name, module in visual.named_modules():
+            if name.startswith("layer") and name.endswith("bn3"):
+                module.weight.fill_(1.0)
