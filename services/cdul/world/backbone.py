@@ -82,7 +82,7 @@ def train_backbone(
         torch.manual_seed(recipe.seed)
         model = torchvision.models.get_model(recipe.arch, weights=None, num_classes=len(SHAPES))
         model.train()
-        optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, fused=True)
+        optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * s / recipe.steps))
         )
