@@ -9,6 +9,9 @@ of the median's, and each loss's excess over the median's.
 
     .venv/bin/python benchmarks/world_seeds.py --seeds 0-9,11 \\
         --results benchmarks/results/world_seeds_cpu_fp32.csv
+    # a recipe other than the default (here the live-residual one):
+    .venv/bin/python benchmarks/world_seeds.py --recipe zero_init_residual=false \\
+        lr=1e-3 warmup_steps=100 steps=800 --results ...
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 from results_file import add_results_option, write_results
@@ -40,9 +44,22 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def parse_recipe(pairs: list[str]) -> TinyClipRecipe:
+    """``FIELD=VALUE`` pairs over the default recipe, each value as its field's type."""
+    types = {f.name: type(getattr(TinyClipRecipe(), f.name)) for f in fields(TinyClipRecipe)}
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in types or name == "seed":
+            raise SystemExit(f"--recipe: {name!r} is not a TinyClipRecipe field (or is seed)")
+        kind = types[name]
+        changes[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return replace(TinyClipRecipe(), **changes)
+
+
 def seed_row(seed: int, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
-    recipe = TinyClipRecipe(seed=seed)
+    recipe = replace(args.recipe, seed=seed)
     checkpoint = ensure_tiny_clip(recipe, args.cache_dir, progress=False)
     trained_s = time.perf_counter() - started
     summary = cache.load_summary(checkpoint_path(recipe, args.cache_dir)) or {}
@@ -88,8 +105,15 @@ def main() -> None:
     parser.add_argument("--snippets", default="grid:3x3")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: $CDUL_CACHE_DIR")
     parser.add_argument("--workdir", type=Path, default=Path("artifacts/bench-world-seeds"))
+    parser.add_argument(
+        "--recipe", nargs="*", default=[], metavar="FIELD=VALUE",
+        help="TinyClipRecipe fields other than the default's, e.g. zero_init_residual=false "
+             "lr=1e-3 warmup_steps=100 steps=800",
+    )  # fmt: skip
     add_results_option(parser)
     args = parser.parse_args()
+    args.recipe = parse_recipe(args.recipe)
+    print(f"tiny CLIP recipe: {args.recipe}")
     rows = []
     for seed in parse_seeds(args.seeds):
         row = seed_row(seed, args)
