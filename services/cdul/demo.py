@@ -133,20 +133,30 @@ def run(args: argparse.Namespace) -> int:
     return summarise(args, run_uri, served, gallery_page, time.monotonic() - started)
 
 
-def start_label_gallery(stack: ExitStack, run_uri: str, workdir: Path) -> subprocess.Popen:
-    """``cdul label-gallery`` in the background (its output goes to a log)."""
-    log = stack.enter_context((workdir / "gallery.log").open("w"))
-    command = [launch.CDUL, "label-gallery", run_uri, "-o", str(workdir / "gallery")]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+def _start(stack: ExitStack, args: list[str], log: Path) -> subprocess.Popen:
+    """A ``cdul`` job in the background, its output in ``log``; stopped with ``stack``."""
+    handle = stack.enter_context(log.open("w"))
+    process = subprocess.Popen([launch.CDUL, *args], stdout=handle, stderr=subprocess.STDOUT)
     stack.callback(launch.stop, process)  # a no-op once it has finished
     return process
+
+
+def _finish(stage: str, process: subprocess.Popen, log: Path) -> None:
+    """Wait for a job :func:`_start` started; a failure names the stage and the log."""
+    if process.wait() != 0:
+        raise DemoError(f"stage '{stage}' failed (exit {process.returncode}); see {log}")
+
+
+def start_label_gallery(stack: ExitStack, run_uri: str, workdir: Path) -> subprocess.Popen:
+    output = str(workdir / "gallery")
+    return _start(stack, ["label-gallery", run_uri, "-o", output],
+                  workdir / "gallery.log")  # fmt: skip
 
 
 def finish_label_gallery(process: subprocess.Popen, workdir: Path) -> Path:
     _stage("7/7 the pseudo labels to look at: a static HTML gallery")
     log = workdir / "gallery.log"
-    if process.wait() != 0:
-        raise DemoError(f"stage 'gallery' failed (exit {process.returncode}); see {log}")
+    _finish("gallery", process, log)
     print(log.read_text(encoding="utf-8").rstrip())
     return workdir / "gallery" / "index.html"
 
@@ -160,23 +170,18 @@ def start_world(
     if (world / "ImageSets" / "Main" / "val.txt").is_file():
         print(f"reusing {world}")
         return world, None
+    log = workdir / "world.log"
     print(f"drawing {args.train_scenes} + {args.val_scenes} scenes into {world} in the "
-          f"background (log: {workdir / 'world.log'})")  # fmt: skip
-    log = stack.enter_context((workdir / "world.log").open("w"))
+          f"background (log: {log})")  # fmt: skip
     scenes = ["--train", str(args.train_scenes), "--val", str(args.val_scenes)]
-    command = [launch.CDUL, "world", "generate", str(world), "--seed", str(args.seed), *scenes]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    stack.callback(launch.stop, process)  # a no-op once it has finished
-    return world, process
+    command = ["world", "generate", str(world), "--seed", str(args.seed), *scenes]
+    return world, _start(stack, command, log)
 
 
 def finish_world(process: subprocess.Popen | None, world: Path, workdir: Path) -> None:
-    if process is None:
-        return
-    if process.wait() != 0:
-        log = workdir / "world.log"
-        raise DemoError(f"stage 'world' failed (exit {process.returncode}); see {log}")
-    print(f"world ready: voc:{world}:train and voc:{world}:val")
+    if process is not None:
+        _finish("world", process, workdir / "world.log")
+        print(f"world ready: voc:{world}:train and voc:{world}:val")
 
 
 def world_models(args: argparse.Namespace) -> dict[str, str]:

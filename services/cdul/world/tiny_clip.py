@@ -43,11 +43,11 @@ class TinyClipRecipe:
     # block per stage the tower then starts as its stem plus 1x1 shortcuts, which see
     # colour but hardly shape, and on some seeds the blocks woke up too late: shape
     # top-1 0.39 (seed 8) against 0.94 (seed 9) after 1,000 steps, colour >= 0.99 on all.
-    # False with lr 1e-3, 100 warm-up and 800 steps trains every seed measured so far
-    # (seed 0 final pseudo-label mAP 0.943, seed 11 0.761), but labels that good out-rank
-    # the world's ResNet-18, and gradient alignment then lowers them
-    # (tests/trainer/test_world.py): the default stays until the world's classifier can
-    # beat its labels again.
+    # False with lr 1e-3, 100 warm-up and 800 steps: final pseudo-label mAP median 0.917
+    # over seeds 0-9 and 11, worst (seed 11) 0.727 (benchmarks/results/
+    # world_seeds_live_residual_cpu_fp32.csv). Labels that good out-rank the world's
+    # ResNet-18, and gradient alignment then lowers them (tests/trainer/test_world.py):
+    # the default stays until the world's classifier can beat its labels again.
     zero_init_residual: bool = True
     seed: int = 0
     threads: int = 2
