@@ -47,6 +47,10 @@ COMMANDS: dict[str, Command] = {
     "label": Command(
         "cdul.labeler.command", "pseudo-label a dataset via the CLIP service into a run (shardable)"
     ),
+    "relabel": Command(
+        "cdul.labeler.relabel",
+        "new classes or prompts for a run from its stored image embeddings (no image encoded)",
+    ),
     "label-merge": Command(
         "cdul.labels.merge", "check and merge a sharded run's pseudo labels; evaluate them"
     ),

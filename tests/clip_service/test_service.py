@@ -326,3 +326,64 @@ def _requests(text: str) -> dict[tuple[str, str], float]:
                 if sample.name.endswith("_total"):
                     counts[(sample.labels["method"], sample.labels["code"])] = sample.value
     return counts
+
+
+def test_text_embeddings_and_view_embeddings_score_as_the_service_scores(server, client,
+                                                                          reference):  # fmt: skip
+    from cdul.core.embedding_codec import from_bytes
+    from cdul.core.method.similarity import view_scores
+
+    labels = label_set_ref(CLASSES)
+    text = client.text_embeddings(labels)
+    info = client.model_info()
+    assert text.shape == (len(CLASSES), info.embed_dim)
+    image = make_scene(3, 5).image
+    stub = pb_grpc.SimilarityStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    for spec, views in (("grid:2x2", 5), ("dense", 5)):
+        answer = stub.SnippetSimilarity(pb.SnippetRequest(
+            labels=labels, image=pb.Image(id="e", data=encode(image)), snippet_spec=spec,
+            include_embeddings=True, include_cosines=True))  # fmt: skip
+        assert len(answer.view_embeddings) == views * info.embed_dim * 2, spec
+        stored = from_bytes(answer.view_embeddings, info.embed_dim, "answer")
+        assert stored.dtype == torch.float16 and stored.shape == (views, info.embed_dim)
+        assert torch.allclose(stored.float().norm(dim=-1), torch.ones(views), atol=1e-3)
+        # Scored from exactly the stored vectors: a client gets the answer back from them.
+        again = view_scores(stored.float(), text, info.logit_scale)
+        glob = getattr(answer, "global")
+        assert torch.allclose(again.global_scores, torch.tensor(list(glob.probability)), atol=1e-6)
+        assert torch.allclose(again.alpha, torch.tensor(list(answer.alpha)), atol=1e-6)
+        assert torch.allclose(again.beta, torch.tensor(list(answer.beta)), atol=1e-6)
+        assert torch.allclose(again.snippet_cosine.flatten(),
+                              torch.tensor(list(answer.snippet_cosine)), atol=1e-6)  # fmt: skip
+    # ...and within float16 rounding of the unrounded answer and of open_clip's own.
+    plain = stub.SnippetSimilarity(pb.SnippetRequest(
+        labels=labels, image=pb.Image(id="e", data=encode(image)), snippet_spec="grid:2x2"))  # fmt: skip
+    cos, _ = reference([image])
+    assert torch.allclose(again.global_cosine, torch.tensor(list(getattr(plain, "global").cosine)),
+                          atol=2e-3)  # fmt: skip
+    assert torch.allclose(again.global_cosine, cos[0], atol=2e-3)
+    # The text embeddings are the prompts' (open_clip's tokenizer and text tower).
+    register_project_configs()
+    model, _, _ = open_clip.create_model_and_transforms("cdul-tiny-rn",
+                                                        pretrained=str(server.config.pretrained))
+    with torch.no_grad():
+        expected = model.encode_text(open_clip.get_tokenizer("cdul-tiny-rn")(
+            [f"a photo of a {c}" for c in CLASSES]))  # fmt: skip
+    assert torch.allclose(text, expected, atol=1e-5)
+    assert info.weights_digest and len(info.weights_digest) == 64
+
+
+@pytest.mark.parametrize(
+    ("labels", "code", "message"),
+    [
+        (pb.LabelSetRef(), grpc.StatusCode.INVALID_ARGUMENT, "no label set"),
+        (pb.LabelSetRef(digest="0" * 64), grpc.StatusCode.NOT_FOUND, "unknown label set digest"),
+        (pb.LabelSetRef(value=pb.LabelSet(classes=[])), grpc.StatusCode.INVALID_ARGUMENT, ""),
+        (pb.LabelSetRef(value=pb.LabelSet(classes=["a"] * 3000)),
+         grpc.StatusCode.INVALID_ARGUMENT, "over the limit"),
+    ],
+)
+def test_text_embeddings_refuses_bad_label_sets(client, labels, code, message):
+    with pytest.raises(SimilarityServiceError) as raised:
+        client.text_embeddings(labels)
+    assert raised.value.code == code and message in str(raised.value)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from cdul._proto.cdul.similarity.v1 import similarity_pb2 as pb
 from cdul._proto.cdul.similarity.v1 import similarity_pb2_grpc as pb_grpc
@@ -141,6 +142,20 @@ class SimilarityClient:
     def model_info(self) -> pb.ModelInfo:
         return self._unary("GetModelInfo", pb.ModelInfoRequest())
 
+    def text_embeddings(self, labels: pb.LabelSetRef) -> torch.Tensor:
+        """``(C, D)`` float32 class embeddings of a label set, exactly those the service
+        scores with: :func:`cdul.core.method.similarity.view_scores` on stored view
+        embeddings then gives the service's answer again."""
+        response = self._unary("TextEmbeddings", pb.TextEmbeddingsRequest(labels=labels))
+        dim = int(response.embed_dim)
+        values = torch.tensor(list(response.embedding), dtype=torch.float32)
+        if dim < 1 or values.numel() % dim:
+            raise SimilarityServiceError(
+                grpc.StatusCode.INTERNAL,
+                f"TextEmbeddings answered {values.numel()} values for {dim}-d embeddings",
+            )
+        return values.reshape(-1, dim)
+
     def global_similarity(
         self, images: Sequence[tuple[str, bytes]], labels: pb.LabelSetRef
     ) -> pb.GlobalResponse:
@@ -175,6 +190,7 @@ class SimilarityClient:
         spec: str = DEFAULT_SNIPPET_SPEC,
         max_in_flight: int = 32,
         include_cosines: bool = False,
+        include_embeddings: bool = False,
     ) -> Iterator[pb.SnippetResponse]:
         """Global + snippet scores for every image, spread over the endpoints' streams
         (``max_in_flight`` requests outstanding on each).
@@ -182,7 +198,8 @@ class SimilarityClient:
         Answers come as they arrive (use ``response.id`` to match them); a bad image is
         an answer with ``error`` set, not an exception. A stream that fails with
         UNAVAILABLE is reopened and its unanswered images are sent again. With
-        ``include_cosines`` each answer also carries every snippet's cosines.
+        ``include_cosines`` each answer also carries every snippet's cosines, with
+        ``include_embeddings`` its views' image embeddings (scored as sent).
         """
         stream_count = len(self._stubs) * self.streams_per_endpoint
         work = _Work(maxsize=max_in_flight * stream_count)
@@ -192,7 +209,8 @@ class SimilarityClient:
             for image_id, data in images:
                 work.put(pb.SnippetRequest(labels=labels, image=pb.Image(id=image_id, data=data),
                                            snippet_spec=spec,
-                                           include_cosines=include_cosines))  # fmt: skip
+                                           include_cosines=include_cosines,
+                                           include_embeddings=include_embeddings))  # fmt: skip
             for _ in range(stream_count):
                 work.put(_END)
 

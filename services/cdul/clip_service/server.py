@@ -265,3 +265,6 @@ class _LoadingGate(pb_grpc.SimilarityServicer):
 
     def ScoreStream(self, request_iterator, context):
         return self._ready(context).ScoreStream(request_iterator, context)
+
+    def TextEmbeddings(self, request, context):
+        return self._ready(context).TextEmbeddings(request, context)

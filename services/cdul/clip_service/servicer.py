@@ -32,6 +32,7 @@ from cdul.clip_service.batcher import (
 )
 from cdul.clip_service.metrics import ServiceMetrics
 from cdul.clip_service.streaming import PipelinedStream
+from cdul.core import embedding_codec
 from cdul.core.clip_scoring import ClipScorer
 from cdul.core.errors import CdulError, ConfigError
 from cdul.core.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
@@ -211,6 +212,8 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         request = prepared.request
         embeddings = prepared.embeddings.result(timeout=self.limits.result_timeout_s)
         embeddings = embeddings.reshape(-1, embeddings.shape[-1])  # a dense view's cells
+        if request.include_embeddings:  # scored as stored, so stored ones score the same
+            embeddings = embedding_codec.rounded(embeddings)
         scored = self.scorer.score_views(embeddings, prepared.text)
         response = pb.SnippetResponse(
             id=request.image.id,
@@ -223,6 +226,8 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         )
         if request.HasField("zeta"):
             response.aggregate.extend(aggregate(scored.alpha, scored.beta, request.zeta).tolist())
+        if request.include_embeddings:
+            response.view_embeddings = embedding_codec.to_bytes(embeddings)
         if request.include_cosines:
             response.snippet_cosine.extend(scored.snippet_cosine.flatten().tolist())
         if request.include_snippets:
@@ -275,6 +280,7 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
             max_snippets=self.limits.max_snippets,
             max_pixels=self.limits.max_pixels,
             preprocess=self.scorer.preprocessor,
+            weights_digest=clip.weights_digest,
         )
         return self._call("GetModelInfo", context, lambda: info)
 
@@ -310,6 +316,19 @@ class SimilarityServicer(pb_grpc.SimilarityServicer):
         self, request: pb.SnippetRequest, context: grpc.ServicerContext
     ) -> pb.SnippetResponse:
         return self._call("SnippetSimilarity", context, lambda: self._snippet_answer(request))
+
+    def TextEmbeddings(
+        self, request: pb.TextEmbeddingsRequest, context: grpc.ServicerContext
+    ) -> pb.TextEmbeddingsResponse:
+        def answer() -> pb.TextEmbeddingsResponse:
+            labels, text = self._label_set(request.labels)
+            return pb.TextEmbeddingsResponse(
+                label_set_digest=labels.digest(),
+                embed_dim=int(text.shape[1]),
+                embedding=text.flatten().tolist(),
+            )
+
+        return self._call("TextEmbeddings", context, answer)
 
     def ScoreStream(
         self, request_iterator: Iterator[pb.SnippetRequest], context: grpc.ServicerContext

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class Clip:
     pretrained: str
     image_size: int
     embed_dim: int
+    weights_digest: str = ""
+    """sha256 of a local checkpoint file (empty for a pretrained tag or random weights):
+    stored image embeddings are tied to it."""
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -96,7 +100,17 @@ def create_clip(
         # text_projection: an open_clip internal that is a matrix in some models, an
         # nn.Linear or absent in others. create_clip only loads registered configs.
         embed_dim=int(open_clip.get_model_config(model_name)["embed_dim"]),
+        weights_digest=file_digest(pretrained) if looks_like_path else "",
     )
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _RandomWeightsWarning(logging.Filter):

@@ -24,9 +24,9 @@ from cdul.core.clip_models import Clip
 from cdul.core.clip_preprocess import PREPROCESSORS, TensorPreprocess, pil_views
 from cdul.core.errors import ConfigError
 from cdul.core.label_set import LabelSet
-from cdul.core.method.aggregation import DEFAULT_ZETA, alpha_beta
+from cdul.core.method.aggregation import DEFAULT_ZETA
 from cdul.core.method.recipes import LabelRecipe
-from cdul.core.method.similarity import class_scores, cosine_similarity
+from cdul.core.method.similarity import ViewScores, class_scores, cosine_similarity, view_scores
 from cdul.core.method.snippets import SnippetSpec
 
 # The named prompt ensembles of :data:`cdul.core.label_set.TEMPLATE_SETS`: open_clip's.
@@ -44,18 +44,6 @@ def prompt_templates(templates: Sequence[str]) -> list[str]:
         source = TEMPLATE_SOURCES.get(template)
         out += [make("{}") for make in source] if source is not None else [template]
     return out
-
-
-@dataclass(frozen=True)
-class ViewScores:
-    """Eq. 1-5 for one image from the embeddings of its views (whole image + snippets)."""
-
-    global_cosine: torch.Tensor  # (C,) Eq. 1
-    global_scores: torch.Tensor  # (C,) Eq. 2
-    snippet_cosine: torch.Tensor  # (S, C) Eq. 3
-    snippet_scores: torch.Tensor  # (S, C) Eq. 4
-    alpha: torch.Tensor  # (C,) Eq. 5
-    beta: torch.Tensor  # (C,)
 
 
 @dataclass(frozen=True)
@@ -194,9 +182,7 @@ class ClipScorer:
 
     def score_views(self, embeddings: torch.Tensor, text: torch.Tensor) -> ViewScores:
         """Eq. 1-5 from ``(1 + S, D)`` view embeddings and ``(C, D)`` prompt embeddings."""
-        cosine, scores = self.score_global(embeddings, text)
-        alpha, beta = alpha_beta(scores[None, 1:])
-        return ViewScores(cosine[0], scores[0], cosine[1:], scores[1:], alpha[0], beta[0])
+        return view_scores(embeddings, text, self.logit_scale)
 
     def score(
         self,

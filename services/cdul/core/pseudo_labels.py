@@ -56,7 +56,7 @@ FORMAT_VERSION = 1
 # Settings that every shard of one run must share; merge refuses a shard that differs.
 SHARED_SETTINGS = (
     "dataset", "classes", "template", "templates", "clip_model", "clip_pretrained",
-    "snippet_spec", "zeta", "recipe", "num_shards", "limit", "format_version",
+    "snippet_spec", "zeta", "recipe", "num_shards", "limit", "format_version", "embeddings",
 )  # fmt: skip
 #: The optional cosine columns (Eq. 1 and 3) a recipe sweep reads.
 COSINES = ("global_cosine", "snippet_cosine")
@@ -112,6 +112,13 @@ class LabelManifest:
     the class never fires), by ``threshold_rule`` (:mod:`cdul.core.method.thresholds`)
     on the vector as it is read; None in older runs (then computed on reading)."""
     threshold_rule: str | None = None
+    embeddings: dict[str, Any] | None = None
+    """Runs labeled with ``--store-embeddings`` (and their relabels): the identity of the
+    model whose image embeddings are stored (:mod:`cdul.core.embeddings`)."""
+    embeddings_run: str | None = None
+    """A relabel: the run whose objects hold those embeddings (None: this run)."""
+    relabeled_from: str | None = None
+    """A relabel (``cdul relabel``): the run it was computed from, without encoding."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

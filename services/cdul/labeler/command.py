@@ -28,14 +28,7 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "dataset",
-        help=" | ".join(SPEC_FORMS),
-    )
-    parser.add_argument(
-        "-o", "--output", required=True, help="run URI: s3://BUCKET/RUN or file://DIR"
-    )
+def add_endpoint_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint",
         action="append",
@@ -44,6 +37,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(dns:///clip-service-headless:51000); repeat for several (default: "
         "$CDUL_CLIP_ENDPOINTS, comma-separated, else 127.0.0.1:51000)",
     )
+
+
+def endpoints_from(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--endpoint`` flags, else ``$CDUL_CLIP_ENDPOINTS``, else the local default."""
+    return tuple(
+        args.endpoint
+        or [
+            e.strip()
+            for e in os.environ.get("CDUL_CLIP_ENDPOINTS", "127.0.0.1:51000").split(",")
+            if e.strip()
+        ]
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dataset",
+        help=" | ".join(SPEC_FORMS),
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="run URI: s3://BUCKET/RUN or file://DIR"
+    )
+    add_endpoint_flag(parser)
     parser.add_argument(
         "--classes",
         default=None,
@@ -64,15 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from cdul.labeler.job import label
     from cdul.labels.merge import describe
 
-    endpoints = args.endpoint or [
-        e.strip()
-        for e in os.environ.get("CDUL_CLIP_ENDPOINTS", "127.0.0.1:51000").split(",")
-        if e.strip()
-    ]
     config = from_args(
         LabelConfig,
         args,
-        endpoints=tuple(endpoints),
+        endpoints=endpoints_from(args),
         classes=parse_class_names(args.classes) if args.classes else None,
         shard_index=(
             args.shard_index
@@ -90,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         rate = result.labeled_now / result.seconds if result.seconds > 0 else 0.0
         print(
             f"{result.shard}: {result.images} images labeled, {len(result.skipped)} skipped"
-            f" ({result.resumed} from an earlier run); {result.labeled_now} now in "
+            f" ({result.resumed} from an earlier run, {result.reused} from stored embeddings);"
+            f" {result.labeled_now} now in "
             f"{result.seconds:.1f}s = {rate:.1f} images/s, "
             f"{result.views / max(result.seconds, 1e-9):.0f} CLIP views/s"
         )

@@ -39,23 +39,23 @@ from datetime import UTC, datetime
 
 import grpc
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from cdul.clip_service.client import SimilarityClient, SimilarityServiceError, label_set_ref
+from cdul.core import embeddings
+from cdul.core.embedding_codec import content_digest, model_identity
 from cdul.core.errors import CdulError, ConfigError, DatasetError, StorageError
 from cdul.core.label_set import DEFAULT_TEMPLATE, read_templates
 from cdul.core.method.recipes import AGGREGATION_FORMS, DEBIAS, NAMED_RECIPES, LabelRecipe
 from cdul.core.method.snippets import DEFAULT_SNIPPET_SPEC, SNIPPET_FORMS, parse_snippet_spec
 from cdul.core.pseudo_labels import (
     PREFIX,
-    Cosines,
     LabelManifest,
     PseudoLabels,
     read_table,
     shard_done,
+    shard_key,
     shard_name,
-    to_table,
     write_shard,
     write_table,
 )
@@ -63,6 +63,8 @@ from cdul.core.retry import RetryPolicy
 from cdul.core.settings import differences, setting
 from cdul.core.storage import ObjectStore, open_store
 from cdul.core.version import code_version
+from cdul.labeler.answers import Answer, answers_table, from_embeddings, split
+from cdul.labeler.reuse import Reuse
 from cdul.labeler.service import check_service, read_ahead
 from cdul.labeler.sources import ImageSource, open_source
 
@@ -111,6 +113,11 @@ class LabelConfig:
     store_cosines: bool = setting(
         True, "do not store every snippet's cosines (S x C floats per image; label-sweep "
         "then recomputes only the paper and max rules)",
+    )  # fmt: skip
+    store_embeddings: bool = setting(
+        False, "also store every image's view embeddings (float16, (1 + S) x D x 2 bytes per "
+        "image; scored as stored): 'cdul relabel' then labels new classes or prompts without "
+        "encoding, and labeling a grown dataset into this run encodes only new or changed images",
     )  # fmt: skip
     classes: tuple[str, ...] | None = None
     shard_index: int = 0
@@ -167,28 +174,19 @@ class ShardResult:
     images: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     resumed: int = 0
+    reused: int = 0
+    """Images answered from the run's stored embeddings (not encoded again)."""
     labeled_now: int = 0
     views: int = 0
     seconds: float = 0.0
     already_done: bool = False
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """One image's answer: Eq. 2 and 5 scores, and (when asked for) the cosines."""
-
-    glob: list[float]
-    alpha: list[float]
-    beta: list[float]
-    global_cosine: list[float]
-    snippet_cosine: list[float]
-
-
 @dataclass
 class _Part:
     start: int
     stop: int
-    rows: dict[int, _Answer] = field(default_factory=dict)
+    rows: dict[int, Answer] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
     table: pa.Table | None = None
 
@@ -221,31 +219,45 @@ class ShardJob:
         templates = config.prompt_templates()
         info = check_service(client, config.wait_for_service_s)
         self.logit_scale = float(info.logit_scale)
+        self.identity = model_identity(info) if config.store_embeddings else None
+        self.embed_dim = int(info.embed_dim) if config.store_embeddings else None
         recipe = {k: v for k, v in self.recipe.to_json().items() if k != "zeta"}
         self.template = LabelManifest(
             dataset=source.spec, classes=list(source.classes), template=config.template,
             clip_model=info.model_name, clip_pretrained=info.pretrained, snippet_spec=self.spec,
             zeta=self.recipe.zeta, num_shards=config.num_shards, code_version=code_version(),
             created="", shard_index=config.shard_index, limit=config.limit, templates=templates,
-            recipe=recipe, logit_scale=self.logit_scale,
+            recipe=recipe, logit_scale=self.logit_scale, embeddings=self.identity,
         )  # fmt: skip
         self.labels = label_set_ref(source.classes, config.template, templates or ())
         self.settings = self.template.settings()
         self.name = shard_name(config.shard_index, config.num_shards)
         self.parts_prefix = f"{PREFIX}/parts/{self.name}/"
         self.indices = shard_range(len(source), config.shard_index, config.num_shards)
+        self.embeddings_key = embeddings.shard_key(config.shard_index, config.num_shards)
+        self.reuse = Reuse(self.store, self.embeddings_key, self.identity, source, self.indices)
 
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> ShardResult:
         result = ShardResult(shard=self.name)
+        self.reuse.load()  # before anything changes: a damaged embeddings object stops here
         done = shard_done(self.store, self.config.shard_index, self.config.num_shards)
         if done is not None:
             self._check_settings(done.settings(), self.store.uri_for(f"{PREFIX}/shards"))
-            log.info("%s is already complete in %s; nothing to do", self.name, self.store.uri)
-            self._delete_parts()  # left over if a run was killed just after the shard
-            result.images, result.skipped, result.already_done = done.images, done.skipped, True
-            return result
+            key = shard_key(self.config.shard_index, self.config.num_shards, "parquet")
+            change = self.reuse.changes(read_table(self.store, key), done.skipped)
+            if change is None:
+                log.info("%s is already complete in %s; nothing to do", self.name,
+                         self.store.uri)  # fmt: skip
+                self._delete_parts()  # left over if a run was killed just after the shard
+                result.images, result.skipped = done.images, done.skipped
+                result.already_done = True
+                return result
+            log.info("%s: the dataset changed since %s was labeled (%s); labeling it again",
+                     self.name, self.store.uri, change)  # fmt: skip
+            # No longer complete: a kill from here on resumes from the parts.
+            self.store.delete(shard_key(self.config.shard_index, self.config.num_shards, "json"))
         parts = self._plan()
         result.resumed = sum(len(p.rows) + len(p.skipped) for p in parts if p.table is not None)
         pending = [p for p in parts if p.table is None]
@@ -254,9 +266,10 @@ class ShardJob:
                   desc=f"labeling {self.name}", disable=not self.config.progress,
                   smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30.0,
                   ) as bar:  # fmt: skip
+            result.reused = self._reuse(pending, bar)
             result.views = self._score(pending, bar)
         result.seconds = time.perf_counter() - start
-        result.labeled_now = len(self.indices) - result.resumed
+        result.labeled_now = len(self.indices) - result.resumed - result.reused
         self._finish(parts, result)
         return result
 
@@ -292,7 +305,7 @@ class ShardJob:
                         self.store.uri_for(key))  # fmt: skip
             return
         part.table, part.skipped = table, skipped
-        empty = _Answer([], [], [], [], [])
+        empty = Answer([], [], [], [], [])
         part.rows = {i: empty for i in range(part.start, part.stop) if i not in gone}
 
     def _check_settings(self, found: dict[str, object], where: str) -> None:
@@ -303,6 +316,28 @@ class ShardJob:
                 f"({'; '.join(changed)}); use another output run URI or delete that one"
             )
 
+    # -- reuse -----------------------------------------------------------------------
+
+    def _reuse(self, parts: list[_Part], bar: tqdm) -> int:
+        """Answer the images whose embeddings the run holds (same id and content) from
+        them; write each part that they complete."""
+        indices = [i for p in parts for i in range(p.start, p.stop)]
+        found = self.reuse.reusable(indices)
+        if not found:
+            return 0
+        text = self.client.text_embeddings(self.labels)
+        where = self.store.uri_for(self.embeddings_key)
+        order = sorted(found)
+        answers = from_embeddings([found[i][1] for i in order], [found[i][0] for i in order],
+                                  text, self.logit_scale, where)  # fmt: skip
+        part_of = {i: p for p in parts for i in range(p.start, p.stop)}
+        for i, answer in zip(order, answers, strict=True):
+            part_of[i].rows[i] = answer
+            self._progress(part_of[i], bar)
+        log.info("%s: %d of %d images answered from stored embeddings", self.name, len(order),
+                 len(indices))  # fmt: skip
+        return len(order)
+
     # -- streaming -------------------------------------------------------------------
 
     def _score(self, parts: list[_Part], bar: tqdm) -> int:
@@ -310,14 +345,16 @@ class ShardJob:
         part_of = {i: p for p in parts for i in range(p.start, p.stop)}
         index_of = {self.source.ids[i]: i for i in part_of}
         attempts: Counter[int] = Counter()
-        to_send, views, backoffs = sorted(part_of), 0, ITEM_RETRY.backoffs()
+        to_send = sorted(i for i, p in part_of.items() if i not in p.rows)
+        views, backoffs = 0, ITEM_RETRY.backoffs()
         while to_send:
             retry: list[int] = []
             errors: queue.SimpleQueue = queue.SimpleQueue()
             cancel = threading.Event()
             images = self._images(to_send, errors, cancel)
             stream = self.client.score_stream(images, self.labels, self.spec,
-                                              self.config.max_in_flight, self.cosines)  # fmt: skip
+                                              self.config.max_in_flight, self.cosines,
+                                              self.identity is not None)  # fmt: skip
             try:
                 for response in stream:
                     self._drain(errors, part_of, bar)
@@ -366,6 +403,8 @@ class ShardJob:
                 except DatasetError as error:
                     errors.put((i, str(error), False))
                     continue
+                if self.identity is not None:
+                    self.reuse.digests[i] = content_digest(data)
                 yield self.source.ids[i], data
         except Exception as error:  # e.g. the image store is unreachable: fatal
             errors.put((None, f"reading images from {self.source.spec}: {error}", True))
@@ -386,20 +425,24 @@ class ShardJob:
         )
         self._progress(part, bar)
 
-    def _vectors(self, i: int, response) -> _Answer:
+    def _vectors(self, i: int, response) -> Answer:
         scores = getattr(response, "global")
-        answer = _Answer(list(scores.probability), list(response.alpha), list(response.beta),
-                         list(scores.cosine), list(response.snippet_cosine))  # fmt: skip
+        answer = Answer(list(scores.probability), list(response.alpha), list(response.beta),
+                        list(scores.cosine), list(response.snippet_cosine),
+                        response.view_embeddings, self.reuse.digests.get(i, ""))  # fmt: skip
         width = len(self.source.classes)
         cosines = len(answer.snippet_cosine) if self.cosines else width * response.snippet_count
+        views = 1 + response.snippet_count
+        stored = len(answer.view_embeddings) // 2 if self.embed_dim else 0
         if not len(answer.glob) == len(answer.alpha) == len(answer.beta) == width or (
-            cosines != width * response.snippet_count
+            cosines != width * response.snippet_count or stored != views * (self.embed_dim or 0)
         ):
             raise SimilarityServiceError(
                 grpc.StatusCode.INTERNAL,
                 f"the answer for {self.source.location(i)} has {len(answer.glob)}/"
-                f"{len(answer.alpha)}/{len(answer.beta)} scores for {width} classes and "
-                f"{cosines} snippet cosines for {response.snippet_count} snippets",
+                f"{len(answer.alpha)}/{len(answer.beta)} scores for {width} classes, "
+                f"{cosines} snippet cosines and {stored} embedding values for "
+                f"{response.snippet_count} snippets",
             )
         return answer
 
@@ -412,29 +455,13 @@ class ShardJob:
 
     def _part_table(self, part: _Part) -> pa.Table:
         order = sorted(part.rows)
-        width = len(self.source.classes)
-
-        def stack(name: str) -> torch.Tensor:
-            rows = [getattr(part.rows[i], name) for i in order]
-            return torch.tensor(rows, dtype=torch.float32).reshape(len(order), width)
-
-        glob, alpha, beta = stack("glob"), stack("alpha"), stack("beta")
-        cosines = None
-        if self.cosines:
-            flat = [v for i in order for v in part.rows[i].snippet_cosine]
-            snippets = torch.tensor(flat, dtype=torch.float32).reshape(-1, width)
-            counts = torch.tensor([len(part.rows[i].snippet_cosine) // width for i in order])
-            cosines = Cosines(stack("global_cosine"), snippets, counts.long())
-        snippets = valid = None
-        if self.recipe.needs_snippets:
-            assert cosines is not None  # asked for whenever the recipe needs them
-            _, snippets, valid = cosines.padded(self.logit_scale)
-        vectors = {"global": glob, "alpha": alpha, "beta": beta,
-                   **self.recipe.apply(glob, alpha, beta, snippets, valid)}  # fmt: skip
         truth = self.source.ground_truth
         gt = None if truth is None else truth[order] if order else truth[:0]
-        stored = cosines if self.config.store_cosines else None
-        return to_table([self.source.ids[i] for i in order], vectors, gt, stored)
+        return answers_table(
+            [self.source.ids[i] for i in order], [part.rows[i] for i in order],
+            len(self.source.classes), self.recipe, self.logit_scale, gt,
+            store_cosines=self.config.store_cosines, embed_dim=self.embed_dim,
+        )  # fmt: skip
 
     def _write_part(self, part: _Part) -> None:
         table = self._part_table(part).replace_schema_metadata(
@@ -448,7 +475,12 @@ class ShardJob:
         if unfinished:  # every image was answered, refused or unreadable: cannot happen
             raise CdulError(f"{self.name}: parts {unfinished[:3]} are incomplete; rerun to resume")
         tables = [p.table.replace_schema_metadata(None) for p in parts if p.table is not None]
-        table = pa.concat_tables(tables)
+        table, stored = split(pa.concat_tables(tables))
+        if self.identity is not None:  # before the shard: its manifest marks both complete
+            if stored is None:
+                raise CdulError(f"{self.name}: parts without embeddings in a run that stores "
+                                "them; delete the run's parts and rerun")  # fmt: skip
+            embeddings.write(self.store, self.embeddings_key, stored, self.identity)
         skipped = list(self.source.skipped) if self.config.shard_index == 0 else []
         skipped += [s for p in parts for s in p.skipped]
         manifest = LabelManifest.from_json(

@@ -22,8 +22,12 @@ the same code computes Eq. 1-2 on ``(N, D)`` image embeddings and Eq. 3-4 on
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from cdul.core.method.aggregation import alpha_beta
 
 
 def temperature(logit_scale: torch.Tensor | float) -> torch.Tensor:
@@ -55,3 +59,27 @@ def class_scores(cosines: torch.Tensor, logit_scale: torch.Tensor | float) -> to
     if cosines.shape[-1] == 0:
         raise ValueError("cannot score against an empty label set (0 classes)")
     return torch.softmax(temperature(logit_scale) * cosines.float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class ViewScores:
+    """Eq. 1-5 for one image from the embeddings of its views (whole image + snippets)."""
+
+    global_cosine: torch.Tensor  # (C,) Eq. 1
+    global_scores: torch.Tensor  # (C,) Eq. 2
+    snippet_cosine: torch.Tensor  # (S, C) Eq. 3
+    snippet_scores: torch.Tensor  # (S, C) Eq. 4
+    alpha: torch.Tensor  # (C,) Eq. 5
+    beta: torch.Tensor
+
+
+def view_scores(
+    embeddings: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float
+) -> ViewScores:
+    """Eq. 1-5 from one image's ``(1 + S, D)`` view embeddings (whole image first) and
+    ``(C, D)`` prompt embeddings: what the CLIP service answers, and what a relabel
+    computes again from stored embeddings."""
+    cosine = cosine_similarity(embeddings, text)
+    scores = class_scores(cosine, logit_scale)
+    alpha, beta = alpha_beta(scores[None, 1:])
+    return ViewScores(cosine[0], scores[0], cosine[1:], scores[1:], alpha[0], beta[0])

@@ -65,7 +65,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "pretrained", "embed_dim", "logit_scale", "temperature", "input_size", "device", "precision", "max_snippets", "max_pixels", "preprocess")
+    __slots__ = ("model_name", "pretrained", "embed_dim", "logit_scale", "temperature", "input_size", "device", "precision", "max_snippets", "max_pixels", "preprocess", "weights_digest")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class ModelInfo(_message.Message):
     MAX_SNIPPETS_FIELD_NUMBER: _ClassVar[int]
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     pretrained: str
     embed_dim: int
@@ -88,7 +89,8 @@ class ModelInfo(_message.Message):
     max_snippets: int
     max_pixels: int
     preprocess: str
-    def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., embed_dim: _Optional[int] = ..., logit_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., max_snippets: _Optional[int] = ..., max_pixels: _Optional[int] = ..., preprocess: _Optional[str] = ...) -> None: ...
+    weights_digest: str
+    def __init__(self, model_name: _Optional[str] = ..., pretrained: _Optional[str] = ..., embed_dim: _Optional[int] = ..., logit_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., input_size: _Optional[int] = ..., device: _Optional[str] = ..., precision: _Optional[str] = ..., max_snippets: _Optional[int] = ..., max_pixels: _Optional[int] = ..., preprocess: _Optional[str] = ..., weights_digest: _Optional[str] = ...) -> None: ...
 
 class GlobalRequest(_message.Message):
     __slots__ = ("labels", "images")
@@ -115,23 +117,25 @@ class GlobalResponse(_message.Message):
     def __init__(self, label_set_digest: _Optional[str] = ..., results: _Optional[_Iterable[_Union[GlobalResult, _Mapping]]] = ...) -> None: ...
 
 class SnippetRequest(_message.Message):
-    __slots__ = ("labels", "image", "snippet_spec", "include_snippets", "zeta", "include_cosines")
+    __slots__ = ("labels", "image", "snippet_spec", "include_snippets", "zeta", "include_cosines", "include_embeddings")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_SPEC_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SNIPPETS_FIELD_NUMBER: _ClassVar[int]
     ZETA_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_COSINES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     labels: LabelSetRef
     image: Image
     snippet_spec: str
     include_snippets: bool
     zeta: float
     include_cosines: bool
-    def __init__(self, labels: _Optional[_Union[LabelSetRef, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., snippet_spec: _Optional[str] = ..., include_snippets: _Optional[bool] = ..., zeta: _Optional[float] = ..., include_cosines: _Optional[bool] = ...) -> None: ...
+    include_embeddings: bool
+    def __init__(self, labels: _Optional[_Union[LabelSetRef, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., snippet_spec: _Optional[str] = ..., include_snippets: _Optional[bool] = ..., zeta: _Optional[float] = ..., include_cosines: _Optional[bool] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
 
 class SnippetResponse(_message.Message):
-    __slots__ = ("id", "label_set_digest", "alpha", "beta", "aggregate", "snippet_count", "snippets", "error", "error_code", "snippet_cosine")
+    __slots__ = ("id", "label_set_digest", "alpha", "beta", "aggregate", "snippet_count", "snippets", "error", "error_code", "snippet_cosine", "view_embeddings")
     ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +147,7 @@ class SnippetResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_COSINE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     id: str
     label_set_digest: str
     alpha: _containers.RepeatedScalarFieldContainer[float]
@@ -153,4 +158,21 @@ class SnippetResponse(_message.Message):
     error: str
     error_code: str
     snippet_cosine: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, id: _Optional[str] = ..., label_set_digest: _Optional[str] = ..., alpha: _Optional[_Iterable[float]] = ..., beta: _Optional[_Iterable[float]] = ..., aggregate: _Optional[_Iterable[float]] = ..., snippet_count: _Optional[int] = ..., snippets: _Optional[_Iterable[_Union[Snippet, _Mapping]]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., snippet_cosine: _Optional[_Iterable[float]] = ..., **kwargs) -> None: ...
+    view_embeddings: bytes
+    def __init__(self, id: _Optional[str] = ..., label_set_digest: _Optional[str] = ..., alpha: _Optional[_Iterable[float]] = ..., beta: _Optional[_Iterable[float]] = ..., aggregate: _Optional[_Iterable[float]] = ..., snippet_count: _Optional[int] = ..., snippets: _Optional[_Iterable[_Union[Snippet, _Mapping]]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ..., snippet_cosine: _Optional[_Iterable[float]] = ..., view_embeddings: _Optional[bytes] = ..., **kwargs) -> None: ...
+
+class TextEmbeddingsRequest(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: LabelSetRef
+    def __init__(self, labels: _Optional[_Union[LabelSetRef, _Mapping]] = ...) -> None: ...
+
+class TextEmbeddingsResponse(_message.Message):
+    __slots__ = ("label_set_digest", "embed_dim", "embedding")
+    LABEL_SET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    EMBED_DIM_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    label_set_digest: str
+    embed_dim: int
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, label_set_digest: _Optional[str] = ..., embed_dim: _Optional[int] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class SimilarityStub:
                 request_serializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.SnippetRequest.SerializeToString,
                 response_deserializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.SnippetResponse.FromString,
                 _registered_method=True)
+        self.TextEmbeddings = channel.unary_unary(
+                '/cdul.similarity.v1.Similarity/TextEmbeddings',
+                request_serializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.TextEmbeddingsRequest.SerializeToString,
+                response_deserializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.TextEmbeddingsResponse.FromString,
+                _registered_method=True)
 
 
 class SimilarityServicer:
@@ -88,6 +93,15 @@ class SimilarityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TextEmbeddings(self, request, context):
+        """The text tower alone: each class's embedding for a label set, exactly those the
+        scores above use, so a client can score image embeddings it stored
+        (include_embeddings) without sending the images again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimilarityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +124,11 @@ def add_SimilarityServicer_to_server(servicer, server):
                     servicer.ScoreStream,
                     request_deserializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.SnippetRequest.FromString,
                     response_serializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.SnippetResponse.SerializeToString,
+            ),
+            'TextEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.TextEmbeddings,
+                    request_deserializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.TextEmbeddingsRequest.FromString,
+                    response_serializer=cdul_dot_similarity_dot_v1_dot_similarity__pb2.TextEmbeddingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +239,33 @@ class Similarity:
             '/cdul.similarity.v1.Similarity/ScoreStream',
             cdul_dot_similarity_dot_v1_dot_similarity__pb2.SnippetRequest.SerializeToString,
             cdul_dot_similarity_dot_v1_dot_similarity__pb2.SnippetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TextEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cdul.similarity.v1.Similarity/TextEmbeddings',
+            cdul_dot_similarity_dot_v1_dot_similarity__pb2.TextEmbeddingsRequest.SerializeToString,
+            cdul_dot_similarity_dot_v1_dot_similarity__pb2.TextEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
