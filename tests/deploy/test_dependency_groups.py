@@ -25,11 +25,12 @@ EXTRAS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["option
 # component extra -> the modules its image runs (entry points and what they load at run time)
 ENTRY_MODULES = {
     "clip-service": [
-        "cdul.clip_service.command", "cdul.clip_service.server", "cdul.core.clip_models",
+        "cdul.clip_service.command", "cdul.clip_service.server", "cdul.clip_service.servicer",
+        "cdul.core.clip_models",
         "cdul.core.clip_preprocess", "cdul.core.storage", "grpc_health.v1.health",
     ],
     "labeler": [
-        "cdul.labeler.command", "cdul.labeler.job", "cdul.core.evaluation",
+        "cdul.labeler.command", "cdul.labeler.job", "cdul.labeler.relabel", "cdul.core.evaluation",
         "cdul.labels.merge", "cdul.labels.sweep", "cdul.labels.report",
         "cdul.labels.gallery.command", "cdul.labels.export", "cdul.labels.import_",
         "cdul.labels.queue", "cdul.label_studio.backend",

@@ -70,6 +70,12 @@ def test_relabel_with_a_class_added_and_one_renamed_equals_a_full_run(
     m = again.manifest
     assert m.relabeled_from == open_store(first).uri and m.embeddings_run == m.relabeled_from
     assert m.classes == SECOND and m.embeddings == stored and len(m.shards) == 2
+    # The report and the gallery say where a relabel came from.
+    assert cli.main(["label-report", new]) == 0
+    assert f"relabeled from {open_store(first).uri}" in capsys.readouterr().out
+    pages = tmp_path / "gallery"
+    assert cli.main(["label-gallery", new, "-o", str(pages)]) == 0
+    assert f"relabeled from {open_store(first).uri}" in (pages / "index.html").read_text()
     # A relabel of the relabel (back to the first classes, another recipe) reads the
     # first run's embeddings; the CLI says no image was encoded.
     third = f"file://{tmp_path / 'third'}"

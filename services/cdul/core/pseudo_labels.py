@@ -138,6 +138,17 @@ class LabelManifest:
     def label_recipe(self) -> LabelRecipe:
         return LabelRecipe(zeta=self.zeta, **(self.recipe or {}))
 
+    def provenance(self) -> str | None:
+        """Where the labels came from when not from encoding the images here (a relabel),
+        and whether image embeddings are kept; None for a plain run."""
+        if self.relabeled_from is not None:
+            held = self.embeddings_run or self.relabeled_from
+            where = "" if held == self.relabeled_from else f", whose embeddings are in {held}"
+            return f"relabeled from {self.relabeled_from} (its stored image embeddings{where})"
+        if self.embeddings is not None:
+            return "image embeddings stored (cdul relabel can label other classes from them)"
+        return None
+
 
 @dataclass
 class Cosines:

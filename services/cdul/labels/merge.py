@@ -208,6 +208,8 @@ def describe(store: ObjectStore, labels: PseudoLabels, evaluation) -> str:
         f"{len(m.skipped)} skipped; {m.clip_model} ({m.clip_pretrained}), {m.snippet_spec}, "
         f"{m.label_recipe()}"
     ]
+    if m.provenance() is not None:
+        lines.append(f"  {m.provenance()}")
     lines += [f"  skipped {s['image_id']} ({s['path']}): {s['reason']}" for s in m.skipped]
     never = [c for c, t in zip(m.classes, (m.thresholds or {}).get("final", []), strict=False)
              if t is None]  # fmt: skip

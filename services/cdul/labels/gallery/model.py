@@ -148,6 +148,8 @@ class Gallery:
             ),
             ("created", f"{m.created} (code {m.code_version})"),
         ]
+        if m.provenance() is not None:
+            rows.insert(1, ("labels from", m.provenance()))
         if self.evaluation is not None:
             stored = m.evaluation or {}
             means = [f"{name} {format_ap(_nan(stored[name]['mAP']))}"
