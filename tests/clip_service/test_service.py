@@ -357,15 +357,17 @@ def test_text_embeddings_and_view_embeddings_score_as_the_service_scores(server,
                               torch.tensor(list(answer.snippet_cosine)), atol=1e-6)  # fmt: skip
     # ...and within float16 rounding of the unrounded answer and of open_clip's own.
     plain = stub.SnippetSimilarity(pb.SnippetRequest(
-        labels=labels, image=pb.Image(id="e", data=encode(image)), snippet_spec="grid:2x2"))  # fmt: skip
+        labels=labels, image=pb.Image(id="e", data=encode(image)),
+        snippet_spec="grid:2x2"))  # fmt: skip
     cos, _ = reference([image])
     assert torch.allclose(again.global_cosine, torch.tensor(list(getattr(plain, "global").cosine)),
                           atol=2e-3)  # fmt: skip
     assert torch.allclose(again.global_cosine, cos[0], atol=2e-3)
     # The text embeddings are the prompts' (open_clip's tokenizer and text tower).
     register_project_configs()
-    model, _, _ = open_clip.create_model_and_transforms("cdul-tiny-rn",
-                                                        pretrained=str(server.config.pretrained))
+    model, _, _ = open_clip.create_model_and_transforms(
+        "cdul-tiny-rn", pretrained=str(server.config.pretrained)
+    )
     with torch.no_grad():
         expected = model.encode_text(open_clip.get_tokenizer("cdul-tiny-rn")(
             [f"a photo of a {c}" for c in CLASSES]))  # fmt: skip
@@ -379,8 +381,11 @@ def test_text_embeddings_and_view_embeddings_score_as_the_service_scores(server,
         (pb.LabelSetRef(), grpc.StatusCode.INVALID_ARGUMENT, "no label set"),
         (pb.LabelSetRef(digest="0" * 64), grpc.StatusCode.NOT_FOUND, "unknown label set digest"),
         (pb.LabelSetRef(value=pb.LabelSet(classes=[])), grpc.StatusCode.INVALID_ARGUMENT, ""),
-        (pb.LabelSetRef(value=pb.LabelSet(classes=["a"] * 3000)),
-         grpc.StatusCode.INVALID_ARGUMENT, "over the limit"),
+        (
+            pb.LabelSetRef(value=pb.LabelSet(classes=["a"] * 3000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "over the limit",
+        ),
     ],
 )
 def test_text_embeddings_refuses_bad_label_sets(client, labels, code, message):

@@ -28,7 +28,7 @@ SECOND = [("box" if c == "square" else c) for c in FIRST] + ["hexagon"]
 
 def _folder(world_root: Path, directory: Path, count: int, start: int = 0) -> str:
     directory.mkdir(parents=True, exist_ok=True)
-    images = sorted(Path(world_root, "JPEGImages").glob("*.jpg"))[start:start + count]
+    images = sorted(Path(world_root, "JPEGImages").glob("*.jpg"))[start : start + count]
     for image in images:
         shutil.copy(image, directory / image.name)
     return f"folder:{directory}"
@@ -79,8 +79,21 @@ def test_relabel_with_a_class_added_and_one_renamed_equals_a_full_run(
     # A relabel of the relabel (back to the first classes, another recipe) reads the
     # first run's embeddings; the CLI says no image was encoded.
     third = f"file://{tmp_path / 'third'}"
-    code = cli.main(["relabel", new, "-o", third, "--classes", ",".join(FIRST), "--recipe",
-                     "paper", "--endpoint", make_config("x").endpoints[0], "--no-progress"])
+    code = cli.main(
+        [
+            "relabel",
+            new,
+            "-o",
+            third,
+            "--classes",
+            ",".join(FIRST),
+            "--recipe",
+            "paper",
+            "--endpoint",
+            make_config("x").endpoints[0],
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "no image encoded" in capsys.readouterr().out
     paper = read_pseudo_labels(open_store(third))
     assert paper.manifest.embeddings_run == open_store(first).uri
@@ -118,7 +131,8 @@ def test_incremental_run_encodes_only_new_and_changed_images_and_equals_a_full_r
 def other_preprocessing(world_clip):
     """The same weights preprocessed on tensors: other embeddings, so another model."""
     config = ServerConfig(model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1",
-                          port=0, metrics_port=None, max_wait_ms=2.0, preprocess="tensor")  # fmt: skip
+                          port=0, metrics_port=None, max_wait_ms=2.0,
+                          preprocess="tensor")  # fmt: skip
     server = SimilarityServer(config).start()
     yield f"127.0.0.1:{server.port}"
     server.stop(grace_s=1.0)

@@ -15,7 +15,7 @@ import os
 from cdul.core.datasets import SPEC_FORMS
 from cdul.core.errors import ConfigError
 from cdul.core.settings import add_flags, from_args
-from cdul.labeler.job import LabelConfig
+from cdul.labeler.config import LabelConfig
 
 
 def _env_int(name: str, default: int) -> int:

@@ -41,7 +41,7 @@ from cdul.core.settings import add_flags, from_args
 from cdul.core.storage import ObjectStore, open_store
 from cdul.core.version import code_version
 from cdul.labeler.answers import answers_table, from_embeddings
-from cdul.labeler.job import LabelConfig
+from cdul.labeler.config import LabelConfig
 from cdul.labeler.service import check_service
 
 log = logging.getLogger(__name__)
