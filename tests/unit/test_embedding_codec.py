@@ -33,7 +33,7 @@ def test_rounding_and_bytes_by_hand():
     back = from_bytes(b"\xcd\x38\x66\x3a", 2, "here")
     assert back.tolist() == [[0.60009765625, 0.7998046875]]  # the float16 values exactly
     for bad in (b"", b"\x00\x00\x00", b"\x00" * 6):
-        with pytest.raises(StorageError, match="here: .* not 2-d float16"):
+        with pytest.raises(StorageError, match=r"here: .* not 2-d float16"):
             from_bytes(bad, 2, "here")
     assert content_digest(b"abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -50,7 +50,8 @@ def test_view_scores_by_hand():
     assert s.global_cosine.tolist() == [1.0, 0.0]
     assert s.global_scores.tolist() == pytest.approx([hi, lo])
     assert s.snippet_scores.flatten().tolist() == pytest.approx([lo, hi, hi, lo])
-    assert s.alpha.tolist() == pytest.approx([hi, hi]) and s.beta.tolist() == pytest.approx([lo, lo])
+    assert s.alpha.tolist() == pytest.approx([hi, hi])
+    assert s.beta.tolist() == pytest.approx([lo, lo])
     # logit_scale log(2): temperature 2.
     s2 = view_scores(views, text, math.log(2.0))
     assert s2.global_scores[0].item() == pytest.approx(E**2 / (E**2 + 1))
