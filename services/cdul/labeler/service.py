@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cdul.clip_service.client import SimilarityClient, SimilarityServiceError
+from cdul.core.embedding_codec import describe, model_identity
 from cdul.core.errors import ConfigError
 from cdul.labeler.sources import ImageSource
 
@@ -47,7 +48,9 @@ def check_service(client: SimilarityClient, wait_s: float):
                     raise
                 log.info("waiting for the CLIP service at %s", ", ".join(client.endpoints))
                 time.sleep(1.0)
-    served = {(i.model_name, i.pretrained) for i in infos}
+    # Weights, preprocessing and precision too: replicas that differ there give other
+    # embeddings, and one run's scores (and stored embeddings) would mix them.
+    served = {describe(model_identity(i)) for i in infos}
     if len(served) > 1:
-        raise ConfigError(f"the CLIP endpoints serve different models: {sorted(served)}")
+        raise ConfigError(f"the CLIP endpoints serve different models: {'; '.join(sorted(served))}")
     return infos[0]
