@@ -111,13 +111,21 @@ def shard_range(count: int, index: int, num_shards: int) -> range:
     return range(count * index // num_shards, count * (index + 1) // num_shards)
 
 
-class ShardJob:
-    """Label one shard of ``config`` into ``config.output``."""
+class LabelJob:
+    """What every labeling job derives from its config and the CLIP service: the output
+    store, snippet spec and recipe, the service's model, and the manifest its shards
+    share (this shard's and the tar-shard job's, :mod:`cdul.labeler.tar_job`)."""
 
-    def __init__(self, config: LabelConfig, client: SimilarityClient, source: ImageSource) -> None:
+    def __init__(
+        self,
+        config: LabelConfig,
+        client: SimilarityClient,
+        dataset: str,
+        classes: tuple[str, ...],
+        num_shards: int,
+    ) -> None:
         self.config = config
         self.client = client
-        self.source = source
         self.store: ObjectStore = open_store(config.output, create_bucket=True)
         spec = parse_snippet_spec(config.snippet_spec)
         self.spec, self.snippet_spec = str(spec), spec
@@ -130,14 +138,69 @@ class ShardJob:
         self.embed_dim = int(info.embed_dim) if config.store_embeddings else None
         recipe = {k: v for k, v in self.recipe.to_json().items() if k != "zeta"}
         self.template = LabelManifest(
-            dataset=source.spec, classes=list(source.classes), template=config.template,
+            dataset=dataset, classes=list(classes), template=config.template,
             clip_model=info.model_name, clip_pretrained=info.pretrained, snippet_spec=self.spec,
-            zeta=self.recipe.zeta, num_shards=config.num_shards, code_version=code_version(),
+            zeta=self.recipe.zeta, num_shards=num_shards, code_version=code_version(),
             created="", shard_index=config.shard_index, limit=config.limit, templates=templates,
             recipe=recipe, logit_scale=self.logit_scale, embeddings=self.identity,
         )  # fmt: skip
-        self.labels = label_set_ref(source.classes, config.template, templates or ())
+        self.labels = label_set_ref(classes, config.template, templates or ())
         self.settings = self.template.settings()
+        self.width = len(classes)
+
+    def _check_settings(self, found: dict[str, object], where: str) -> None:
+        changed = differences(found, self.settings)
+        if changed:
+            raise ConfigError(
+                f"{where} already holds pseudo labels made with other settings "
+                f"({'; '.join(changed)}); use another output run URI or delete that one"
+            )
+
+    def _answer(self, response, where: str, digest: str = "") -> Answer:
+        """One service answer, checked against the label set and the run's settings."""
+        scores = getattr(response, "global")
+        answer = Answer(list(scores.probability), list(response.alpha), list(response.beta),
+                        list(scores.cosine), list(response.snippet_cosine),
+                        response.view_embeddings, digest)  # fmt: skip
+        width = self.width
+        cosines = len(answer.snippet_cosine) if self.cosines else width * response.snippet_count
+        views = 1 + response.snippet_count
+        stored = len(answer.view_embeddings) // 2 if self.embed_dim else 0
+        if not len(answer.glob) == len(answer.alpha) == len(answer.beta) == width or (
+            cosines != width * response.snippet_count or stored != views * (self.embed_dim or 0)
+        ):
+            raise SimilarityServiceError(
+                grpc.StatusCode.INTERNAL,
+                f"the answer for {where} has {len(answer.glob)}/"
+                f"{len(answer.alpha)}/{len(answer.beta)} scores for {width} classes, "
+                f"{cosines} snippet cosines and {stored} embedding values for "
+                f"{response.snippet_count} snippets",
+            )
+        return answer
+
+    def _write_shard(self, index: int, table: pa.Table, skipped: list[dict[str, str]]) -> None:
+        """The embeddings (when kept), then the labels, then the manifest: the mark that
+        both are complete."""
+        table, stored = split(table)
+        if self.identity is not None:
+            if stored is None:
+                raise CdulError(f"{shard_name(index, self.template.num_shards)}: rows without "
+                                "embeddings in a run that stores them")  # fmt: skip
+            key = embeddings.shard_key(index, self.template.num_shards)
+            embeddings.write(self.store, key, stored, self.identity)
+        manifest = LabelManifest.from_json(
+            {**self.template.to_json(), "shard_index": index, "skipped": skipped,
+             "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        )  # fmt: skip
+        write_shard(self.store, manifest, table)
+
+
+class ShardJob(LabelJob):
+    """Label one shard of ``config`` into ``config.output``."""
+
+    def __init__(self, config: LabelConfig, client: SimilarityClient, source: ImageSource) -> None:
+        super().__init__(config, client, source.spec, source.classes, config.num_shards)
+        self.source = source
         self.name = shard_name(config.shard_index, config.num_shards)
         self.parts_prefix = f"{PREFIX}/parts/{self.name}/"
         self.indices = shard_range(len(source), config.shard_index, config.num_shards)
@@ -214,14 +277,6 @@ class ShardJob:
         part.table, part.skipped = table, skipped
         empty = Answer([], [], [], [], [])
         part.rows = {i: empty for i in range(part.start, part.stop) if i not in gone}
-
-    def _check_settings(self, found: dict[str, object], where: str) -> None:
-        changed = differences(found, self.settings)
-        if changed:
-            raise ConfigError(
-                f"{where} already holds pseudo labels made with other settings "
-                f"({'; '.join(changed)}); use another output run URI or delete that one"
-            )
 
     # -- reuse -----------------------------------------------------------------------
 
@@ -333,25 +388,7 @@ class ShardJob:
         self._progress(part, bar)
 
     def _vectors(self, i: int, response) -> Answer:
-        scores = getattr(response, "global")
-        answer = Answer(list(scores.probability), list(response.alpha), list(response.beta),
-                        list(scores.cosine), list(response.snippet_cosine),
-                        response.view_embeddings, self.reuse.digests.get(i, ""))  # fmt: skip
-        width = len(self.source.classes)
-        cosines = len(answer.snippet_cosine) if self.cosines else width * response.snippet_count
-        views = 1 + response.snippet_count
-        stored = len(answer.view_embeddings) // 2 if self.embed_dim else 0
-        if not len(answer.glob) == len(answer.alpha) == len(answer.beta) == width or (
-            cosines != width * response.snippet_count or stored != views * (self.embed_dim or 0)
-        ):
-            raise SimilarityServiceError(
-                grpc.StatusCode.INTERNAL,
-                f"the answer for {self.source.location(i)} has {len(answer.glob)}/"
-                f"{len(answer.alpha)}/{len(answer.beta)} scores for {width} classes, "
-                f"{cosines} snippet cosines and {stored} embedding values for "
-                f"{response.snippet_count} snippets",
-            )
-        return answer
+        return self._answer(response, self.source.location(i), self.reuse.digests.get(i, ""))
 
     def _progress(self, part: _Part, bar: tqdm) -> None:
         bar.update(1)
@@ -382,19 +419,10 @@ class ShardJob:
         if unfinished:  # every image was answered, refused or unreadable: cannot happen
             raise CdulError(f"{self.name}: parts {unfinished[:3]} are incomplete; rerun to resume")
         tables = [p.table.replace_schema_metadata(None) for p in parts if p.table is not None]
-        table, stored = split(pa.concat_tables(tables))
-        if self.identity is not None:  # before the shard: its manifest marks both complete
-            if stored is None:
-                raise CdulError(f"{self.name}: parts without embeddings in a run that stores "
-                                "them; delete the run's parts and rerun")  # fmt: skip
-            embeddings.write(self.store, self.embeddings_key, stored, self.identity)
+        table = pa.concat_tables(tables)
         skipped = list(self.source.skipped) if self.config.shard_index == 0 else []
         skipped += [s for p in parts for s in p.skipped]
-        manifest = LabelManifest.from_json(
-            {**self.template.to_json(), "skipped": skipped,
-             "created": datetime.now(UTC).isoformat(timespec="seconds")}
-        )  # fmt: skip
-        write_shard(self.store, manifest, table)
+        self._write_shard(self.config.shard_index, table, skipped)
         self._delete_parts()
         result.images, result.skipped = table.num_rows, skipped
 

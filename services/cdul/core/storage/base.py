@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from collections import Counter
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, BinaryIO, ClassVar, Self
 
 from cdul.core.errors import ConfigError, StorageError
 from cdul.core.retry import RetryPolicy
@@ -138,6 +140,17 @@ class ObjectStore(ABC):
     @abstractmethod
     def _child(self, prefix: str) -> ObjectStore: ...
 
+    @abstractmethod
+    def _open_read(self, key: str) -> AbstractContextManager[BinaryIO]: ...
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests sent to the store so far, by operation (``read``, ``list`` pages,
+        ``open_read``, ...; retries count): what a benchmark compares between layouts."""
+        if not hasattr(self, "_requests"):
+            self._requests: Counter[str] = Counter()
+        return self._requests
+
     # ---- public API
 
     def write_bytes(self, key: str, data: bytes | bytearray | memoryview) -> None:
@@ -200,6 +213,12 @@ class ObjectStore(ABC):
         path = Path(local_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._read_file(validate_key(key), path)
+
+    def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """The object as a stream, read front to back without holding it whole (a tar
+        shard): ``with store.open_read(key) as stream: stream.read(n)``.
+        ObjectNotFoundError when it is missing; a failure mid-stream raises StorageError."""
+        return self._open_read(validate_key(key))
 
     def child(self, prefix: str) -> ObjectStore:
         """A store rooted at ``prefix`` inside this one (e.g. ``RUN/pseudo_labels``)."""

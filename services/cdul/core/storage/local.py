@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Self
 
@@ -134,6 +135,15 @@ class LocalStore(ObjectStore):
 
     def _exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def _open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
+        self.requests["open_read"] += 1
+        try:
+            return self._path(key).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(f"no object at {self.uri_for(key)}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.uri_for(key)}: {exc}") from exc
 
     def _walk(self, start: Path) -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(start):

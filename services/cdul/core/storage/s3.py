@@ -21,13 +21,14 @@ own, so the policy's numbers are the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 import urllib3
 from minio import Minio
@@ -141,6 +142,7 @@ class S3Store(ObjectStore):
         attempt = 0
         while True:
             attempt += 1
+            self.requests[op] += 1
             try:
                 return fn()
             except Exception as exc:
@@ -277,7 +279,9 @@ class S3Store(ObjectStore):
                 if obj.object_name is not None and not obj.is_dir
             ]
 
-        return self._call("list", None, list_all)
+        keys = self._call("list", None, list_all)
+        self.requests["list"] += len(keys) // 1000  # one request per page of 1,000 keys
+        return keys
 
     def _delete(self, key: str) -> None:
         # S3 answers 204 for a missing key too, which is what delete() promises.
@@ -314,6 +318,17 @@ class S3Store(ObjectStore):
 
         self._call("read_file", key, download)
 
+    @contextlib.contextmanager
+    def _open_read(self, key: str) -> Iterator[BinaryIO]:
+        name = self._name(key)
+        response = self._call("open_read", key,
+                              lambda: self._client.get_object(self._bucket, name))  # fmt: skip
+        try:
+            yield _Stream(response, self.uri_for(key))
+        finally:
+            response.close()
+            response.release_conn()
+
     def _child(self, prefix: str) -> S3Store:
         return S3Store(
             self._client,
@@ -323,3 +338,25 @@ class S3Store(ObjectStore):
             retry=self._retry,
             part_size=self._part_size,
         )
+
+
+class _Stream(io.RawIOBase):
+    """An S3 GET's body as a read-only stream; a broken connection mid-object is a
+    StorageError naming it (the caller decides whether to start the object again)."""
+
+    def __init__(self, response: Any, uri: str) -> None:
+        self._response, self._uri, self._offset = response, uri, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._response.read(len(buffer))
+        except Exception as exc:  # urllib3's ProtocolError, a reset connection
+            raise StorageError(
+                f"reading {self._uri} broke off after {self._offset} bytes: {describe_error(exc)}"
+            ) from exc
+        buffer[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
