@@ -13,6 +13,7 @@ import argparse
 import os
 
 from cdul.core.datasets import SPEC_FORMS
+from cdul.core.datasets.wds import FORM as WDS_FORM
 from cdul.core.errors import ConfigError
 from cdul.core.settings import add_flags, from_args
 from cdul.labeler.config import LabelConfig
@@ -54,7 +55,7 @@ def endpoints_from(args: argparse.Namespace) -> tuple[str, ...]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dataset",
-        help=" | ".join(SPEC_FORMS),
+        help=" | ".join((*SPEC_FORMS, WDS_FORM)),
     )
     parser.add_argument(
         "-o", "--output", required=True, help="run URI: s3://BUCKET/RUN or file://DIR"
@@ -77,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cdul.core.label_set import parse_class_names
     from cdul.core.pseudo_labels import MANIFEST
-    from cdul.labeler.job import label
+    from cdul.labeler.job import ShardResult, label
     from cdul.labels.merge import describe
 
     config = from_args(
@@ -95,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
         else _env_int("CDUL_NUM_SHARDS", 1),
     )
     result, labels, evaluation = label(config)
-    if result.already_done:
+    if not isinstance(result, ShardResult):  # wds: a range of tar shards
+        print(result.summary())
+    elif result.already_done:
         print(f"{result.shard}: already complete ({result.images} images); nothing labeled")
     else:
         rate = result.labeled_now / result.seconds if result.seconds > 0 else 0.0

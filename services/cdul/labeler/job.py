@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -432,10 +433,19 @@ class ShardJob(LabelJob):
                 self.store.delete(key)
 
 
-def label(config: LabelConfig) -> tuple[ShardResult, PseudoLabels | None, dict | None]:
-    """Run one shard; an unsharded run is merged (and evaluated) at once."""
+def label(config: LabelConfig) -> tuple[Any, PseudoLabels | None, dict | None]:
+    """Run one shard (a :class:`ShardResult`; for ``wds:`` tar shards one job's range of
+    them, a :class:`~cdul.labeler.tar_job.TarResult`); an unsharded run is merged (and
+    evaluated) at once."""
     from cdul.labels.merge import merge_run
 
+    if config.dataset.startswith("wds:"):
+        from cdul.labeler.tar_job import label_tars
+
+        tars = label_tars(config)
+        if config.num_shards > 1:
+            return tars, None, None
+        return tars, *merge_run(open_store(config.output))
     source = open_source(config.dataset, classes=config.classes, skip_bad=config.skip_bad,
                          limit=config.limit)  # fmt: skip
     with SimilarityClient(list(config.endpoints), deadline_s=config.deadline_s,

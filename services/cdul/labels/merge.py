@@ -12,6 +12,7 @@ unfinished or inconsistent shard (:class:`ShardMergeError`) before writing anyth
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ from cdul.core.settings import differences
 from cdul.core.storage import ObjectStore, open_store
 from cdul.labels.evaluation import RunEvaluation, evaluate_labels, store_evaluation, table
 from cdul.labels.reading import label_free_thresholds, thresholds_to_json
+
+log = logging.getLogger(__name__)
 
 
 class ShardMergeError(StorageError):
@@ -148,6 +151,12 @@ def _shard_tables(
             )
         seen.update(ids)
         tables.append(shard.replace_schema_metadata(None))
+    with_truth = sum("ground_truth" in t.column_names for t in tables)
+    if 0 < with_truth < len(tables):  # e.g. tar shards whose samples lack label files
+        log.warning("%s: only %d of %d shards have ground truth; merged without it", where,
+                    with_truth, len(tables))  # fmt: skip
+        tables = [t.drop_columns(["ground_truth"]) if "ground_truth" in t.column_names else t
+                  for t in tables]  # fmt: skip
     return tables
 
 

@@ -16,6 +16,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--train", type=int, default=2000, help="training scenes (default 2000)")
     gen.add_argument("--val", type=int, default=500, help="validation scenes (default 500)")
+    gen.add_argument(
+        "--format", choices=("voc", "wds"), default="voc",
+        help="voc: VOC layout (default); wds: WebDataset tar shards of the same scenes",
+    )  # fmt: skip
+    gen.add_argument("--shard-size", type=int, default=100, help="samples per tar (wds)")
 
     models = actions.add_parser(
         "models", help="train or reuse the tiny CLIP and the backbone; print their paths"
@@ -49,6 +54,18 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.train < 0 or args.val < 0 or args.train + args.val == 0:
         raise ConfigError("--train and --val must be >= 0 and not both 0")
+    if args.format == "wds":
+        from cdul.world.generator import write_wds_world
+
+        if args.shard_size < 1:
+            raise ConfigError(f"--shard-size must be >= 1, got {args.shard_size}")
+        root = write_wds_world(args.root, seed=args.seed, train=args.train, val=args.val,
+                               shard_size=args.shard_size)  # fmt: skip
+        last = max(0, (args.val + args.shard_size - 1) // args.shard_size - 1)
+        spec = f"wds:{root}/val-{{00000..{last:05d}}}.tar"
+        print(f"wrote {args.train} train + {args.val} val scenes to {root} as tar shards "
+              f"({spec} --classes {root}/classes.txt)")  # fmt: skip
+        return 0
     root = write_voc_world(args.root, seed=args.seed, train=args.train, val=args.val)
     print(f"wrote {args.train} train + {args.val} val scenes to {root} (voc:{root}:val)")
     return 0

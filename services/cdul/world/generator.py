@@ -15,6 +15,8 @@ with one seed writes byte-identical files.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -175,13 +177,62 @@ def write_voc_world(
     bar = tqdm(total=total, desc="world scenes", unit="img", disable=not progress)
     for split, count in (("train", train), ("val", val)):
         ids = []
-        for index in range(count):
-            image_id = f"{split}_{index:06d}"
-            scene = make_scene(seed, index, stream=split, size=size)
+        for image_id, scene in _scenes(seed, split, count, size):
             scene.image.save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
             (root / "Annotations" / f"{image_id}.xml").write_bytes(voc_annotation(image_id, scene))
             ids.append(image_id)
             bar.update()
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    bar.close()
+    return root
+
+
+def _scenes(seed: int, split: str, count: int, size: int) -> Iterator[tuple[str, Scene]]:
+    """``(image id, scene)`` of one split, ids ``{split}_{index:06d}``."""
+    for index in range(count):
+        yield f"{split}_{index:06d}", make_scene(seed, index, stream=split, size=size)
+
+
+def write_wds_world(
+    root: str | Path,
+    seed: int = 0,
+    train: int = 2000,
+    val: int = 500,
+    shard_size: int = 100,
+    size: int = SCENE_SIZE,
+    progress: bool = True,
+) -> Path:
+    """The same scenes as :func:`write_voc_world` (same ids, same JPEG bytes) as
+    WebDataset tar shards: ``root/{split}-{00000..}.tar``, ``shard_size`` samples each,
+    every sample ``ID.jpg`` and ``ID.json`` (``{"labels": [every object's shape]}``); plus
+    ``classes.txt``. Read with ``wds:root/val-{00000..0000N}.tar``."""
+    import io
+    import json
+    import tarfile
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(SHAPES) + "\n", encoding="utf-8")
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644  # reproducible bytes
+        tar.addfile(info, io.BytesIO(data))
+
+    bar = tqdm(total=train + val, desc="world scenes (tar shards)", unit="img",
+               disable=not progress)  # fmt: skip
+    for split, count in (("train", train), ("val", val)):
+        scenes = _scenes(seed, split, count, size)
+        for shard in range((count + shard_size - 1) // shard_size):
+            with tarfile.open(
+                root / f"{split}-{shard:05d}.tar", "w", format=tarfile.PAX_FORMAT
+            ) as tar:
+                for image_id, scene in itertools.islice(scenes, shard_size):
+                    jpeg = io.BytesIO()
+                    scene.image.save(jpeg, format="JPEG", quality=95)
+                    add(tar, f"{image_id}.jpg", jpeg.getvalue())
+                    names = sorted({obj.shape for obj in scene.objects})
+                    add(tar, f"{image_id}.json", json.dumps({"labels": names}).encode())
+                    bar.update()
     bar.close()
     return root

@@ -26,7 +26,6 @@ and reported as such.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import tarfile
@@ -144,12 +143,20 @@ class TarShards:
         last = None
         try:
             with store.open_read(key) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-                members = (m for m in tar if m.isfile())
-                read = ((m.name, tar.extractfile(m).read()) for m in members)  # type: ignore[union-attr]
-                for sample_key, group in itertools.groupby(read, key=lambda m: split_name(m[0])[0]):
-                    sample = self._sample(url, sample_key, list(group))
-                    last = sample.key
-                    yield sample
+                current, files = None, []
+                for member in tar:  # reads the next header: a sample is complete when the
+                    if not member.isfile():  # next key's first header has been read
+                        continue
+                    member_key = split_name(member.name)[0]
+                    if files and member_key != current:
+                        last = current
+                        yield self._sample(url, current, files)
+                        files = []
+                    current = member_key
+                    files.append((member.name, tar.extractfile(member).read()))  # type: ignore[union-attr]
+                if files:
+                    last = current
+                    yield self._sample(url, current, files)
         except (tarfile.TarError, EOFError, OSError, StorageError) as error:
             after = f"after sample {last!r}" if last else "before its first sample"
             raise DatasetError(f"{url}: unreadable tar shard {after}: {error}") from None
