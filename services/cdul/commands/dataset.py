@@ -1,16 +1,26 @@
-"""Read a dataset spec: image count, positives per class, unreadable items."""
+"""Read a dataset spec: image count, positives per class, unreadable items.
+
+A ``wds:`` spec (tar shards) has no index to read: its shards are streamed, once, and
+counted (samples, images, label files, positives per class, bad samples, broken shards).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 
 from tqdm import tqdm
 
 from cdul.core.datasets import DIFFICULT_MODES, SPEC_FORMS, open_dataset
+from cdul.core.datasets.wds import FORM as WDS_FORM
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help=" | ".join(SPEC_FORMS))
+    parser.add_argument("spec", help=" | ".join((*SPEC_FORMS, WDS_FORM)))
+    parser.add_argument(
+        "--classes", default=None,
+        help="wds: the class list the label files name (a file or a comma-separated list)",
+    )  # fmt: skip
     parser.add_argument(
         "--difficult",
         choices=DIFFICULT_MODES,
@@ -30,6 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.spec.startswith("wds:"):
+        return _describe_tars(args)
     options: dict[str, object] = {"skip_bad": args.skip_bad}
     if args.difficult is not None:
         options["difficult"] = args.difficult
@@ -50,4 +62,39 @@ def run(args: argparse.Namespace) -> int:
         print(f"decoded {decoded} of {len(dataset)} images")
     if dataset.skipped:
         print(dataset.skip_report())
+    return 0
+
+
+def _describe_tars(args: argparse.Namespace) -> int:
+    from cdul.core.datasets.wds import TarShards
+    from cdul.core.errors import DatasetError
+    from cdul.core.label_set import parse_class_names
+
+    classes = parse_class_names(args.classes) if args.classes else ()
+    shards = TarShards(args.spec, classes=classes)
+    samples = images = labeled = 0
+    positives: Counter[str] = Counter()
+    problems: list[str] = []
+    for k in tqdm(range(len(shards)), desc="reading shards", unit="shard"):
+        try:
+            for sample in shards.samples(k):
+                samples += 1
+                if sample.problem:
+                    problems.append(sample.problem)
+                    continue
+                images += 1
+                if sample.labels is not None:
+                    labeled += 1
+                    positives.update(set(sample.labels))
+        except DatasetError as error:
+            problems.append(str(error))
+    print(f"{shards.spec}: {len(shards)} tar shards, {samples} samples, {images} images, "
+          f"{labeled} with a label file, {len(classes)} classes")  # fmt: skip
+    if labeled:
+        width = max(len(c) for c in classes)
+        for name in classes:
+            print(f"  {name.ljust(width)}  {positives[name]}")
+    if problems:
+        print(f"{len(problems)} problem(s):")
+        print("\n".join(f"  {p}" for p in problems[:50]))
     return 0

@@ -26,12 +26,14 @@ and reported as such.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from cdul.core.errors import ConfigError, DatasetError, StorageError
 from cdul.core.images import IMAGE_EXTENSIONS
@@ -142,7 +144,11 @@ class TarShards:
         store, key = self._where(url)
         last = None
         try:
-            with store.open_read(key) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            with (
+                store.open_read(key) as raw,
+                _Counted(raw) as stream,
+                tarfile.open(fileobj=stream, mode="r|*") as tar,
+            ):
                 current, files = None, []
                 for member in tar:  # reads the next header: a sample is complete when the
                     if not member.isfile():  # next key's first header has been read
@@ -154,6 +160,7 @@ class TarShards:
                         files = []
                     current = member_key
                     files.append((member.name, tar.extractfile(member).read()))  # type: ignore[union-attr]
+                _check_end(tar, stream)  # before the last sample: it may be cut short
                 if files:
                     last = current
                     yield self._sample(url, current, files)
@@ -198,3 +205,30 @@ class TarShards:
         if text not in self.classes:
             raise DatasetError(f"class {text!r} is not one of the run's classes")
         return text
+
+
+class _Counted(io.RawIOBase):
+    """A stream that counts the bytes read through it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream, self.total = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        self.total += len(data)
+        return len(data)
+
+
+def _check_end(tar: tarfile.TarFile, stream: _Counted) -> None:
+    """tarfile ends quietly at a cut-off header; a whole tar ends with a zero block.
+    (Compressed tars are checked by their decompressor.)"""
+    if getattr(tar.fileobj, "comptype", "tar") != "tar":
+        return
+    while stream.read(1 << 16):
+        pass
+    if stream.total < tar.offset + tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"truncated: no end-of-archive block after byte {tar.offset}")
