@@ -125,3 +125,19 @@ def test_a_class_without_positive_evidence_is_named_and_never_fires(store, capsy
     out = capsys.readouterr().out
     assert "no positive evidence (every final score equal): dog got the threshold 'never'" in out
     assert store.read_json(MANIFEST)["thresholds"]["final"] == [pytest.approx(0.9), None]
+
+
+def test_a_merge_of_thousands_of_shards_reads_each_object_once(store):
+    # Tar-shard runs write one output per input shard: 10^4 at internet scale. The merge
+    # lists the shards once (paged) and reads each shard's manifest and table once: no
+    # per-object existence probes, nothing that grows faster than the shard count.
+    count = 2000
+    for index in range(count):
+        write(store, index, count, [f"img{index}"], 1)
+    store.requests.clear()
+    labels = merge_shards(store)
+    assert len(labels) == count and labels.ids[-1] == f"img{count - 1}"
+    requests = dict(store.requests)
+    assert requests.get("exists", 0) == 0
+    assert requests["read"] == 2 * count
+    assert requests["list"] <= 1 + 2 * count // 1000 and requests["write"] == 1

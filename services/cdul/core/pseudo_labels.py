@@ -304,10 +304,12 @@ def read_pseudo_labels(store: ObjectStore, cosines: bool = False) -> PseudoLabel
     return labels
 
 
-def shard_counts(store: ObjectStore) -> dict[int, set[int]]:
-    """Shard objects present: ``num_shards -> {shard index, ...}`` (any suffix)."""
+def shard_counts(store: ObjectStore | set[str]) -> dict[int, set[int]]:
+    """Shard objects present: ``num_shards -> {shard index, ...}`` (any suffix), in a
+    store or in keys already listed from it."""
     found: dict[int, set[int]] = {}
-    for key in store.list(f"{PREFIX}/shards/"):
+    keys = store if isinstance(store, set) else store.list(f"{PREFIX}/shards/")
+    for key in keys:
         if m := _SHARD_KEY.match(key):
             found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
     return found

@@ -145,8 +145,9 @@ class ObjectStore(ABC):
 
     @property
     def requests(self) -> Counter[str]:
-        """Requests sent to the store so far, by operation (``read``, ``list`` pages,
-        ``open_read``, ...; retries count): what a benchmark compares between layouts."""
+        """Requests made of the store so far, by operation (``read``, ``write``,
+        ``exists``, ``list`` pages of 1,000 keys as S3 pages them, ``open_read``,
+        ``delete``; retries not counted): what a benchmark compares between layouts."""
         if not hasattr(self, "_requests"):
             self._requests: Counter[str] = Counter()
         return self._requests
@@ -155,27 +156,34 @@ class ObjectStore(ABC):
 
     def write_bytes(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` under ``key`` atomically, replacing any previous object."""
+        self.requests["write"] += 1
         self._write(validate_key(key), bytes(data), _BINARY_CONTENT_TYPE)
 
     def read_bytes(self, key: str) -> bytes:
         """The whole object; ObjectNotFoundError (naming the URI) if it is missing."""
+        self.requests["read"] += 1
         return self._read(validate_key(key))
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored under ``key``."""
+        self.requests["exists"] += 1
         return self._exists(validate_key(key))
 
     def list(self, prefix: str = "") -> list[str]:
         """Every key starting with ``prefix`` (a plain string prefix, as in S3),
         recursively, sorted, relative to the store root."""
-        return sorted(self._list(validate_list_prefix(prefix)))
+        keys = sorted(self._list(validate_list_prefix(prefix)))
+        self.requests["list"] += 1 + len(keys) // 1000
+        return keys
 
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
+        self.requests["delete"] += 1
         self._delete(validate_key(key))
 
     def write_text(self, key: str, text: str) -> None:
         """Store ``text`` encoded as UTF-8."""
+        self.requests["write"] += 1
         self._write(validate_key(key), text.encode("utf-8"), _TEXT_CONTENT_TYPE)
 
     def read_text(self, key: str) -> str:
@@ -190,6 +198,7 @@ class ObjectStore(ABC):
         """Store ``obj`` as UTF-8 JSON, keys sorted and indented, so that artefacts
         diff cleanly and the same content always gives the same bytes."""
         text = json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+        self.requests["write"] += 1
         self._write(validate_key(key), text.encode("utf-8"), _JSON_CONTENT_TYPE)
 
     def read_json(self, key: str) -> Any:
@@ -205,6 +214,7 @@ class ObjectStore(ABC):
         path = Path(local_path)
         if not path.is_file():
             raise StorageError(f"cannot store {self.uri_for(key)}: {path} is not a file")
+        self.requests["write"] += 1
         self._write_file(validate_key(key), path)
 
     def read_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
@@ -212,12 +222,14 @@ class ObjectStore(ABC):
         file is replaced atomically too, so a failed download leaves no partial file."""
         path = Path(local_path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.requests["read"] += 1
         self._read_file(validate_key(key), path)
 
     def open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
         """The object as a stream, read front to back without holding it whole (a tar
         shard): ``with store.open_read(key) as stream: stream.read(n)``.
         ObjectNotFoundError when it is missing; a failure mid-stream raises StorageError."""
+        self.requests["open_read"] += 1
         return self._open_read(validate_key(key))
 
     def child(self, prefix: str) -> ObjectStore:

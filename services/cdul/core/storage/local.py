@@ -137,7 +137,6 @@ class LocalStore(ObjectStore):
         return self._path(key).is_file()
 
     def _open_read(self, key: str) -> AbstractContextManager[BinaryIO]:
-        self.requests["open_read"] += 1
         try:
             return self._path(key).open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):

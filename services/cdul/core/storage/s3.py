@@ -142,7 +142,6 @@ class S3Store(ObjectStore):
         attempt = 0
         while True:
             attempt += 1
-            self.requests[op] += 1
             try:
                 return fn()
             except Exception as exc:
@@ -279,9 +278,7 @@ class S3Store(ObjectStore):
                 if obj.object_name is not None and not obj.is_dir
             ]
 
-        keys = self._call("list", None, list_all)
-        self.requests["list"] += len(keys) // 1000  # one request per page of 1,000 keys
-        return keys
+        return self._call("list", None, list_all)
 
     def _delete(self, key: str) -> None:
         # S3 answers 204 for a missing key too, which is what delete() promises.
