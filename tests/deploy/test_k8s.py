@@ -47,7 +47,7 @@ def by_name(overlay: str, kind: str, name: str):
 
 
 def test_expected_overlays_exist() -> None:
-    assert {"dev", "gpu", "gpu-multinode"} <= set(OVERLAYS)
+    assert {"dev", "gpu", "gpu-multinode", "gpu-wds"} <= set(OVERLAYS)
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -233,7 +233,16 @@ def test_labeler_is_an_indexed_job_with_matching_shards_then_merge(overlay: str)
     assert int(env["CDUL_NUM_SHARDS"]) == label["completions"] >= label["parallelism"]
     merge = by_name(overlay, "Job", "cdul-label-merge")["spec"]["template"]["spec"]
     args = merge["containers"][0]["args"]
-    assert int(args[args.index("--num-shards") + 1]) == label["completions"]
+    (config,) = [d for d in docs_of(overlay, "ConfigMap")
+                 if d["metadata"]["name"].startswith("cdul-config")]  # fmt: skip
+    if config["data"]["CDUL_DATASET"].startswith("wds:"):
+        # Tar shards: one output per input shard, counted by the merge from their names;
+        # each job index takes a range of them, and wds needs the class list.
+        assert "--num-shards" not in args
+        assert "$(CDUL_CLASSES)" in label["template"]["spec"]["containers"][0]["args"]
+        assert label["backoffLimitPerIndex"] >= 1
+    else:
+        assert int(args[args.index("--num-shards") + 1]) == label["completions"]
     # The pipeline's steps wait for the operator (README "Deploy"); the bucket job does not.
     for doc in render(overlay):
         if doc["metadata"]["name"] in {"cdul-label", "cdul-label-merge", "cdul-train"}:
