@@ -173,7 +173,7 @@ class ObjectStore(ABC):
         """Every key starting with ``prefix`` (a plain string prefix, as in S3),
         recursively, sorted, relative to the store root."""
         keys = sorted(self._list(validate_list_prefix(prefix)))
-        self.requests["list"] += 1 + len(keys) // 1000
+        self.requests["list"] += max(1, -(-len(keys) // 1000))  # pages of 1,000
         return keys
 
     def delete(self, key: str) -> None:
