@@ -4,7 +4,6 @@ with SIGKILL resumes without labeling its finished input shards again."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import tarfile
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.tars import write_tar
 from test_resilience import cdul_process
 
 from cdul.core.errors import DatasetError
@@ -117,27 +117,16 @@ def test_killed_job_resumes_without_relabeling_finished_input_shards(
     _assert_same(labels, unbroken, atol=0)
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]], cut: int | None = None) -> None:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
-    path.write_bytes(data[:cut] if cut else data)
-
-
 def test_bad_samples_and_a_truncated_tar_are_named_or_skipped(make_config, tars, tmp_path):
     with tarfile.open(tars / "val-00000.tar") as source:
         good = [(m.name, source.extractfile(m).read()) for m in source.getmembers()][:8]
     bad = tmp_path / "bad"
     bad.mkdir()
-    _tar(bad / "a-00000.tar", [*good[:4], ("lonely.json", b'{"labels": ["circle"]}'),
+    write_tar(bad / "a-00000.tar", [*good[:4], ("lonely.json", b'{"labels": ["circle"]}'),
                                ("wrong.jpg", good[0][1]), ("wrong.json", b'{"labels": ["dragon"]}'),
                                ("junk.jpg", b"not an image")])  # fmt: skip
     padded = [512 + -(-len(data) // 512) * 512 for _, data in good[4:]]
-    _tar(bad / "a-00001.tar", good[4:], cut=sum(padded[:2]) + 512 + 100)  # in sample 3's jpg
+    write_tar(bad / "a-00001.tar", good[4:], cut=sum(padded[:2]) + 512 + 100)  # in sample 3's jpg
     spec = f"wds:{bad}/a-{{00000..00001}}.tar"
     with pytest.raises(DatasetError, match=r"a-00000\.tar#lonely: no image member \(has json\)"):
         label(make_config(f"file://{tmp_path / 'strict'}", dataset=spec, classes=CLASSES))

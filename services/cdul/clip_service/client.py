@@ -92,6 +92,7 @@ class SimilarityClient:
         self._stubs = [[pb_grpc.SimilarityStub(c) for c in per_endpoint]
                        for per_endpoint in self._channels]  # fmt: skip
         self._next = itertools.count()
+        self._streams_connected = False
         self.streams_per_endpoint = streams_per_endpoint
         self.deadline_s = deadline_s
         self.retry = retry or RetryPolicy(attempts=6, initial_backoff_s=0.2, max_backoff_s=5.0)
@@ -128,7 +129,12 @@ class SimilarityClient:
         """Connect every stream's channel before its first call: round-robin picks among
         the addresses already connected, so a fresh channel would send its stream to
         whichever address of a multi-address target answered first. A channel that does
-        not connect now is left to the stream's own retries."""
+        not connect now is left to the stream's own retries. Once per client: a job that
+        streams several times (one call per tar shard) waits for the connections once, and
+        leaves no connectivity poller behind on a channel it closes."""
+        if self._streams_connected:
+            return
+        self._streams_connected = True
         channels = [c for per_endpoint in self._channels for c in per_endpoint]
         futures = [grpc.channel_ready_future(c) for c in channels]
         for future in futures:

@@ -3,11 +3,8 @@ truncated shards, the missing shards named, and ``cdul dataset`` on tar shards."
 
 from __future__ import annotations
 
-import io
-import tarfile
-from pathlib import Path
-
 import pytest
+from support.tars import write_tar
 
 from cdul import cli
 from cdul.core.datasets.wds import TarShards, expand_braces, split_name
@@ -34,20 +31,8 @@ def test_the_key_ends_at_the_file_names_first_dot():
     assert split_name("README") == ("README", "")
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]], cut: int | None = None) -> Path:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
-    path.write_bytes(data[:cut] if cut else data)
-    return path
-
-
 def test_samples_labels_and_problems(tmp_path):
-    _tar(tmp_path / "s-0.tar", [
+    write_tar(tmp_path / "s-0.tar", [
         ("a.jpg", b"A"), ("a.json", b'{"labels": ["dog", 0]}'),
         ("b.png", b"B"), ("b.cls", b"2\n"),
         ("c.webp", b"C"), ("c.json", b'{"caption": "no labels"}'),
@@ -73,7 +58,7 @@ def test_a_truncated_shard_names_the_last_good_sample(tmp_path):
     # Broken inside 3.jpg's data: 3's header was read, so 2 is known complete.
     # Broken inside 3.jpg's header: 2 may have had more members; it goes with the rest.
     for cut, last in ((3 * 1536 + 512 + 100, "2"), (3 * 1536 + 100, "1")):
-        _tar(tmp_path / "t.tar", members, cut=cut)
+        write_tar(tmp_path / "t.tar", members, cut=cut)
         shards = TarShards(f"wds:{tmp_path}/t.tar", classes=CLASSES)
         seen = []
         with pytest.raises(
@@ -86,7 +71,7 @@ def test_a_truncated_shard_names_the_last_good_sample(tmp_path):
 
 
 def test_missing_shards_and_bad_specs_are_named(tmp_path):
-    _tar(tmp_path / "s-0.tar", [("a.jpg", b"A")])
+    write_tar(tmp_path / "s-0.tar", [("a.jpg", b"A")])
     with pytest.raises(ConfigError, match=r"2 shard\(s\) missing under .*: s-1\.tar, s-2\.tar"):
         TarShards(f"wds:{tmp_path}/s-{{0..2}}.tar", classes=CLASSES)
     with pytest.raises(ConfigError, match="expected wds:"):
@@ -96,8 +81,8 @@ def test_missing_shards_and_bad_specs_are_named(tmp_path):
 
 
 def test_cdul_dataset_describes_tar_shards(tmp_path, capsys):
-    _tar(tmp_path / "s-0.tar", [("a.jpg", b"A"), ("a.cls", b"1"), ("b.json", b"{}")])
-    _tar(tmp_path / "s-1.tar", [("c.jpg", b"C"), ("c.cls", b"1"), ("d.jpg", b"D")])
+    write_tar(tmp_path / "s-0.tar", [("a.jpg", b"A"), ("a.cls", b"1"), ("b.json", b"{}")])
+    write_tar(tmp_path / "s-1.tar", [("c.jpg", b"C"), ("c.cls", b"1"), ("d.jpg", b"D")])
     spec = f"wds:{tmp_path}/s-{{0..1}}.tar"
     assert cli.main(["dataset", spec, "--classes", ",".join(CLASSES)]) == 0
     out = capsys.readouterr().out
