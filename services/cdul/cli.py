@@ -49,7 +49,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "relabel": Command(
         "cdul.labeler.relabel",
-        "new classes or prompts for a run from its stored image embeddings (no image encoded)",
+        "label other classes or prompts from a run's stored image embeddings",
     ),
     "label-merge": Command(
         "cdul.labels.merge", "check and merge a sharded run's pseudo labels; evaluate them"
