@@ -100,6 +100,7 @@ class TarShardJob(LabelJob):
         pending: dict[str, bytes] = {}
         skipped: list[dict[str, str]] = []
         broken: list[str] = []
+        refused: list[DatasetError] = []
 
         def keep(sample: WdsSample) -> bool:
             if sample.data is None:
@@ -114,12 +115,25 @@ class TarShardJob(LabelJob):
             return True
 
         def first_pass():
-            try:
-                for sample in self.shards.samples(k):
-                    if keep(sample):
-                        yield sample.key, sample.data
-            except DatasetError as error:  # truncated or corrupt: the rest is unknown
-                broken.append(str(error))
+            """The shard's samples to send; runs on the client's feeder thread, so it
+            never raises: a break ends it (``broken``), a refused sample in strict mode
+            too (``refused``, raised once the stream is drained)."""
+            samples = self.shards.samples(k)
+            while True:
+                try:
+                    sample = next(samples)
+                except StopIteration:
+                    return
+                except DatasetError as error:  # truncated or corrupt: the rest is unknown
+                    broken.append(str(error))
+                    return
+                try:
+                    kept = keep(sample)
+                except DatasetError as error:
+                    refused.append(error)
+                    return
+                if kept:
+                    yield sample.key, sample.data
 
         answers: dict[str, Answer] = {}
         attempts: Counter[str] = Counter()
@@ -152,6 +166,8 @@ class TarShardJob(LabelJob):
                 digest = content_digest(data) if self.identity is not None else ""
                 answers[key] = self._answer(response, f"{url}#{key}", digest)
                 views += self.snippet_spec.forwards(response.snippet_count)
+            if refused:
+                raise refused[0]
             if broken:
                 self._broken(skipped, url, broken[0])
                 broken.clear()
