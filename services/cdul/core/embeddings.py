@@ -70,7 +70,7 @@ def write(store: ObjectStore, key: str, table: pa.Table, identity: dict[str, Any
     """One atomic Parquet object with the model's identity in its schema metadata."""
     table = table.replace_schema_metadata({_METADATA: json.dumps(identity, sort_keys=True)})
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=False)
     store.write_bytes(key, buffer.getvalue())
 
 

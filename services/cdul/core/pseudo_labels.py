@@ -226,7 +226,10 @@ def to_table(
 def write_table(store: ObjectStore, key: str, table: pa.Table) -> None:
     """One Parquet object (zstd), written atomically: shards and the labeler's parts."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    # No dictionary encoding: scores and ids are nearly all distinct, so pyarrow's default
+    # tries a dictionary per column and falls back, 5x the write time for files 1.6x the
+    # size (a 1,000-image shard with cosines: 21 ms and 1.8 MB vs 4 ms and 1.1 MB).
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=False)
     store.write_bytes(key, buffer.getvalue())
 
 
@@ -249,9 +252,14 @@ def shard_done(store: ObjectStore, index: int, count: int) -> LabelManifest | No
     return LabelManifest.from_json(store.read_json(key))
 
 
-def read_table(store: ObjectStore, key: str) -> pa.Table:
+def read_table(store: ObjectStore, key: str, columns: list[str] | None = None) -> pa.Table:
+    """A shard or part; with ``columns``, only those of them it has."""
     try:
-        return pq.read_table(io.BytesIO(store.read_bytes(key)))
+        data = io.BytesIO(store.read_bytes(key))
+        if columns is not None:
+            held = set(pq.read_schema(data).names)
+            columns = [c for c in columns if c in held]
+        return pq.read_table(data, columns=columns)
     except pa.ArrowInvalid as error:
         raise StorageError(
             f"{store.uri_for(key)} is not a readable Parquet shard: {error}"

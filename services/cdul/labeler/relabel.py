@@ -103,7 +103,8 @@ def relabel(config: LabelConfig, run: str) -> tuple[PseudoLabels, object]:
         done = shard_done(source, index, count)
         if done is None:
             raise StorageError(f"{source.uri}: {shard_name(index, count)} is not finished")
-        table = read_table(source, shard_key(index, count, "parquet"))
+        table = read_table(source, shard_key(index, count, "parquet"),
+                           columns=["image_id", "ground_truth"])  # fmt: skip
         key = embeddings.shard_key(index, count)
         stored = embeddings.read(vectors, key, manifest.embeddings)
         ids = table.column("image_id").to_pylist()
