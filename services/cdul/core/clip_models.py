@@ -47,9 +47,15 @@ class Clip:
     pretrained: str
     image_size: int
     embed_dim: int
-    weights_digest: str = ""
-    """sha256 of a local checkpoint file (empty for a pretrained tag or random weights):
-    stored image embeddings are tied to it."""
+    weights_file: str | None = None
+    """The local checkpoint the weights were loaded from (None: a pretrained tag or random)."""
+
+    @functools.cached_property
+    def weights_digest(self) -> str:
+        """sha256 of :attr:`weights_file` ("" without one): stored image embeddings are
+        tied to it. Hashed when first asked (the service's first GetModelInfo), not at
+        load: a 400 MB checkpoint takes about a second."""
+        return file_digest(self.weights_file) if self.weights_file else ""
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -100,7 +106,7 @@ def create_clip(
         # text_projection: an open_clip internal that is a matrix in some models, an
         # nn.Linear or absent in others. create_clip only loads registered configs.
         embed_dim=int(open_clip.get_model_config(model_name)["embed_dim"]),
-        weights_digest=file_digest(pretrained) if looks_like_path else "",
+        weights_file=pretrained if looks_like_path else None,
     )
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cdul.core.embedding_codec import check_same_model
-from cdul.core.errors import ConfigError, StorageError
+from cdul.core.errors import ConfigError, ObjectNotFoundError, StorageError
 from cdul.core.storage import ObjectStore
 
 PREFIX = "pseudo_labels/embeddings"
 _METADATA = b"cdul.embeddings"
-_KEY = re.compile(rf"^{PREFIX}/shard-(\d{{5}})-of-(\d{{5}})\.parquet$")
 
 
 def shard_key(index: int, count: int) -> str:
@@ -84,10 +82,13 @@ def read(
     Parquet, lacks a column or holds vectors of another size; ConfigError when it is
     another model's than ``expected``."""
     where = store.uri_for(key)
-    if not store.exists(key):
-        raise StorageError(f"{where} is missing: the run's image embeddings are incomplete")
     try:
-        table = pq.read_table(io.BytesIO(store.read_bytes(key)))
+        data = store.read_bytes(key)
+    except ObjectNotFoundError:
+        missing = f"{where} is missing: the run's image embeddings are incomplete"
+        raise StorageError(missing) from None
+    try:
+        table = pq.read_table(io.BytesIO(data))
         identity = json.loads((table.schema.metadata or {})[_METADATA])
     except (pa.ArrowInvalid, KeyError, ValueError) as error:
         raise StorageError(f"{where} is not a readable embeddings object: {error}") from None
@@ -109,8 +110,3 @@ def read(
         raise StorageError(f"{where}: the embeddings of {bad[:3]} are not whole "
                            f"{identity.get('embed_dim')}-d float16 vectors")  # fmt: skip
     return stored
-
-
-def keys(store: ObjectStore) -> list[str]:
-    """Every embeddings object of the run, in shard order."""
-    return sorted(k for k in store.list(f"{PREFIX}/") if _KEY.match(k))

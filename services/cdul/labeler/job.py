@@ -217,7 +217,8 @@ class ShardJob(LabelJob):
         if done is not None:
             self._check_settings(done.settings(), self.store.uri_for(f"{PREFIX}/shards"))
             key = shard_key(self.config.shard_index, self.config.num_shards, "parquet")
-            change = self.reuse.changes(read_table(self.store, key), done.skipped)
+            ids = read_table(self.store, key, columns=["image_id"]).column("image_id")
+            change = self.reuse.changes(ids.to_pylist(), done.skipped)
             if change is None:
                 log.info("%s is already complete in %s; nothing to do", self.name,
                          self.store.uri)  # fmt: skip

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pyarrow as pa
-
 from cdul.core import embeddings
 from cdul.core.embedding_codec import content_digest
 from cdul.core.errors import DatasetError
@@ -49,9 +47,10 @@ class Reuse:
         stored = embeddings.read(self.store, self.key, self.identity, "the CLIP service")
         self.pool = stored.by_id()
 
-    def changes(self, table: pa.Table, skipped: list[dict[str, str]]) -> str | None:
-        """What differs between a finished shard and the dataset now (None: nothing)."""
-        held = set(table.column("image_id").to_pylist()) | {s["image_id"] for s in skipped}
+    def changes(self, ids: list[str], skipped: list[dict[str, str]]) -> str | None:
+        """What differs between a finished shard (its ``ids`` and ``skipped`` images) and
+        the dataset now (None: nothing)."""
+        held = set(ids) | {s["image_id"] for s in skipped}
         now = {self.source.ids[i]: i for i in self.indices}
         new = [i for i in now if i not in held]
         gone = [i for i in held if i not in now]

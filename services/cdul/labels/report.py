@@ -44,7 +44,8 @@ def rows_for(runs: list[str]) -> list[dict[str, object]]:
              **{k: (ev[k]["mAP"] if k in ev else None) for k in LABEL_VECTORS},
              "macro_f1": final.get("macro_f1"), "micro_f1": final.get("micro_f1"),
              "labels_per_image": final.get("labels_per_image"),
-             "truth_per_image": final.get("truth_per_image"), "provenance": m.provenance()}
+             "truth_per_image": final.get("truth_per_image"),
+             "relabeled_from": m.provenance() if m.relabeled_from else None}
         )  # fmt: skip
     return rows
 
@@ -66,8 +67,8 @@ def format_rows(rows: list[dict[str, object]]) -> str:
             f"{cell(r['macro_f1']):>6} {cell(r['micro_f1']):>7} "
             f"{count(r['labels_per_image']):>6} {count(r['truth_per_image']):>6}  {r['run']}"
         )
-    lines += [f"  {r['run']}: {r['provenance']}" for r in rows
-              if str(r.get("provenance") or "").startswith("relabeled")]  # fmt: skip
+    lines += [f"  {r['run']}: {r['relabeled_from']}" for r in rows
+              if r.get("relabeled_from")]  # sweep rows have none  # fmt: skip
     lines.append("(macro mAP in %, over the classes with a positive image; F1 (macro) and micro-F1 "
                  "in % of the final labels at the run's label-free thresholds, with labels and "
                  "true labels per image; - = none stored)")  # fmt: skip

@@ -42,7 +42,6 @@ from cdul.core.storage import ObjectStore, open_store
 FORM = "wds:PATH|s3://BUCKET/KEY (WebDataset tar shards; brace ranges {00000..00099})"
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-LABEL_SUFFIXES = ("json", "cls")
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -121,17 +120,16 @@ class TarShards:
 
     def _check_present(self) -> None:
         """Every shard exists: one listing per directory, the missing ones named."""
-        wanted: dict[str, list[str]] = {}
+        wanted: dict[ObjectStore, list[str]] = {}
         for url in self.urls:
             store, key = self._where(url)
-            wanted.setdefault(store.uri, []).append(key)
-        for uri, keys in wanted.items():
-            store = next(s for s in self._stores.values() if s.uri == uri)
+            wanted.setdefault(store, []).append(key)
+        for store, keys in wanted.items():
             held = set(store.list())
             missing = [k for k in keys if k not in held]
             if missing:
-                raise ConfigError(f"{self._spec}: {len(missing)} shard(s) missing under {uri}: "
-                                  f"{', '.join(missing[:5])}")  # fmt: skip
+                raise ConfigError(f"{self._spec}: {len(missing)} shard(s) missing under "
+                                  f"{store.uri}: {', '.join(missing[:5])}")  # fmt: skip
 
     def stores(self) -> list[ObjectStore]:
         return list(self._stores.values())
