@@ -85,7 +85,9 @@ def test_two_jobs_split_the_input_shards_and_merge_as_one(make_config, tars, tmp
     merged, _ = merge_run(open_store(run))
     _, whole, _ = label(make_config(f"file://{tmp_path / 'one'}", dataset=_spec(tars),
                                     classes=CLASSES))  # fmt: skip
-    _assert_same(merged, whole, atol=0)
+    # 1e-6, as test_resilience: the service batches views by arrival, and a batch's
+    # composition may move a float's last bits; the bound is 1e-5.
+    _assert_same(merged, whole, atol=1e-6)
 
 
 def test_killed_job_resumes_without_relabeling_finished_input_shards(
@@ -114,7 +116,7 @@ def test_killed_job_resumes_without_relabeling_finished_input_shards(
         assert (shards / name).read_bytes() == data
     _, unbroken, _ = label(make_config(f"file://{tmp_path / 'unbroken'}", dataset=spec,
                                        classes=CLASSES))  # fmt: skip
-    _assert_same(labels, unbroken, atol=0)
+    _assert_same(labels, unbroken, atol=1e-6)  # as above
 
 
 def test_bad_samples_and_a_truncated_tar_are_named_or_skipped(make_config, tars, tmp_path):
