@@ -28,6 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--seed", type=int, default=0)
     models.add_argument("--cache-dir", type=Path, default=None, help="default: $CDUL_CACHE_DIR")
     models.add_argument("--json", action="store_true", help="print paths as JSON")
+    models.add_argument(
+        "--ship", action="store_true",
+        help="maintainers: train the default tiny CLIP (or take the one trained in the "
+             "cache) and write its compact weights into the package, replacing the old",
+    )  # fmt: skip
 
     report = actions.add_parser(
         "report", help="zero-shot top-1 and pseudo-label mAP per snippet spec and zeta"
@@ -75,6 +80,8 @@ def _models(args: argparse.Namespace) -> int:
     from cdul.world.backbone import BackboneRecipe, ensure_backbone
     from cdul.world.tiny_clip import MODEL_NAME, TinyClipRecipe, ensure_tiny_clip
 
+    if args.ship:
+        return _ship(args)
     clip = ensure_tiny_clip(TinyClipRecipe(seed=args.seed), args.cache_dir)
     backbone_recipe = BackboneRecipe(seed=args.seed)
     backbone = ensure_backbone(backbone_recipe, args.cache_dir)
@@ -89,6 +96,40 @@ def _models(args: argparse.Namespace) -> int:
     else:
         for key, value in paths.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    """Train the default recipe (or take the model this machine trained for it) and write
+    its compact weights."""
+    import torch
+
+    from cdul.world import cache, shipped
+    from cdul.world.tiny_clip import (
+        TinyClipRecipe,
+        checkpoint_path,
+        initial_token_embedding,
+        train_tiny_clip,
+    )
+
+    if args.seed != 0:
+        raise ConfigError("--ship writes the default recipe's weights (seed 0) only")
+    recipe = TinyClipRecipe()
+    trained = checkpoint_path(recipe, args.cache_dir)
+    summary = cache.load_summary(trained)
+    if summary is not None and "source" not in summary:  # trained here, not expanded
+        state = torch.load(trained, map_location="cpu", weights_only=True)
+    else:
+        state, summary = train_tiny_clip(recipe)
+    target = shipped.shipped_path(recipe.key())
+    for old in shipped.SHIPPED_DIR.glob("tiny-clip-*.pt"):
+        old.unlink()
+    shipped.write(target, state, summary, initial_token_embedding(recipe.seed))
+    # The cache holds what every other checkout expands, not the float32 original.
+    state, summary = shipped.read(target, lambda: initial_token_embedding(recipe.seed))
+    cache.save_atomic(state, checkpoint_path(recipe, args.cache_dir), summary)
+    size = target.stat().st_size / 1e6
+    print(f"wrote {target} ({size:.1f} MB; final loss {summary['final_loss_ema']:.3f})")
     return 0
 
 
