@@ -107,7 +107,7 @@ def test_batches_drawn_ahead_are_those_the_loop_drew_itself():
 
 def test_tiny_clip_residual_blocks_start_live_unless_asked():
     """open_clip zero-initialises each residual block's last BatchNorm scale (kept with
-    zero_init_residual=True); False sets it to 1 (the stalled seeds' fix)."""
+    zero_init_residual=True); False, the default, sets it to 1 (the stalled seeds' fix)."""
     from dataclasses import replace
 
     recipe = tiny_clip.TinyClipRecipe(steps=1, batch_size=4, warmup_steps=1, lr=1e-9)
@@ -117,7 +117,8 @@ def test_tiny_clip_residual_blocks_start_live_unless_asked():
         key = f"visual.layer{layer}.0.bn3.weight"
         assert torch.allclose(live[key], torch.ones_like(live[key]), atol=1e-6), key
         assert torch.allclose(zero[key], torch.zeros_like(zero[key]), atol=1e-6), key
-    assert replace(recipe, zero_init_residual=False).key() != recipe.key()
+    assert not recipe.zero_init_residual
+    assert replace(recipe, zero_init_residual=True).key() != recipe.key()
 
 
 def test_a_consumer_that_stops_early_stops_the_drawing_thread():
