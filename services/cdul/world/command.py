@@ -102,8 +102,7 @@ def _models(args: argparse.Namespace) -> int:
 def _ship(args: argparse.Namespace) -> int:
     """Train the default recipe (or take the model this machine trained for it) and write
     its compact weights."""
-    import torch
-
+    from cdul.core.weights import load_state_dict
     from cdul.world import cache, shipped
     from cdul.world.tiny_clip import (
         TinyClipRecipe,
@@ -118,15 +117,16 @@ def _ship(args: argparse.Namespace) -> int:
     trained = checkpoint_path(recipe, args.cache_dir)
     summary = cache.load_summary(trained)
     if summary is not None and "source" not in summary:  # trained here, not expanded
-        state = torch.load(trained, map_location="cpu", weights_only=True)
+        state = load_state_dict(trained, "the cached tiny CLIP")
     else:
         state, summary = train_tiny_clip(recipe)
     target = shipped.shipped_path(recipe.key())
     for old in shipped.SHIPPED_DIR.glob("tiny-clip-*.pt"):
         old.unlink()
-    shipped.write(target, state, summary, initial_token_embedding(recipe.seed))
+    initial = initial_token_embedding(recipe.seed)  # built once: a whole model's init
+    shipped.write(target, state, summary, initial)
     # The cache holds what every other checkout expands, not the float32 original.
-    state, summary = shipped.read(target, lambda: initial_token_embedding(recipe.seed))
+    state, summary = shipped.read(target, lambda: initial)
     cache.save_atomic(state, checkpoint_path(recipe, args.cache_dir), summary)
     size = target.stat().st_size / 1e6
     print(f"wrote {target} ({size:.1f} MB; final loss {summary['final_loss_ema']:.3f})")
