@@ -15,26 +15,32 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from cdul.world.generator import Single, make_single
+from cdul.world.generator import SINGLE_SIZE, Single, make_single
 
 Encode = Callable[[Sequence[Single]], Any]
 _DONE = object()
 
 
 def draw_batches(
-    seed: int, stream: str, batch_size: int, steps: int, encode: Encode
+    seed: int, stream: str, batch_size: int, steps: int, encode: Encode, size: int = SINGLE_SIZE
 ) -> Iterator[Any]:
-    """The batches in order, drawn in this thread."""
+    """The batches in order, drawn in this thread (singles ``size`` px square)."""
     for step in range(steps):
-        first = step * batch_size
-        yield encode([make_single(seed, first + i, stream=stream) for i in range(batch_size)])
+        indices = range(step * batch_size, (step + 1) * batch_size)
+        yield encode([make_single(seed, i, stream=stream, size=size) for i in indices])
 
 
 def single_batches(
-    seed: int, stream: str, batch_size: int, steps: int, encode: Encode, ahead: int = 4
+    seed: int,
+    stream: str,
+    batch_size: int,
+    steps: int,
+    encode: Encode,
+    ahead: int = 4,
+    size: int = SINGLE_SIZE,
 ) -> Iterator[Any]:
     """The batches in order, up to ``ahead`` drawn in advance (``ahead=0``: no thread)."""
-    batches = draw_batches(seed, stream, batch_size, steps, encode)
+    batches = draw_batches(seed, stream, batch_size, steps, encode, size)
     if ahead <= 0:
         yield from batches
         return
