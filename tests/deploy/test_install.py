@@ -65,7 +65,7 @@ def test_the_lock_is_installed_by_hash_without_resolving() -> None:
                                   ["--find-links", "/opt/wheels"]))  # fmt: skip
     assert list(steps) == ["the lock", "the project", "uv pip check"]
     lock = steps["the lock"]
-    assert {"--require-hashes", "--no-deps"} <= set(lock)
+    assert {"--require-hashes", "--no-deps", "--compile-bytecode"} <= set(lock)
     assert lock[-2:] == ["-r", str(LOCK)] and "/opt/wheels" in lock
     assert lock[lock.index("--python") + 1] == "/v/bin/python"
     project = steps["the project"]
