@@ -31,8 +31,10 @@ import argparse
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,23 +169,30 @@ def problems(pyproject: dict) -> list[str]:
 
 
 def compile_set(uv: str, install_set: InstallSet, pyproject: dict) -> None:
-    command = [uv, "pip", "compile", "--generate-hashes", "--no-header",
-               "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM]  # fmt: skip
-    if install_set.group is not None:
-        command += ["--group", f"pyproject.toml:{install_set.group}"]
-    else:
-        command += ["pyproject.toml", *(f"--extra={e}" for e in install_set.extras)]
-    if not install_set.with_torch_build:
-        base = LOCK_DIR / "torch-base.txt"
-        if install_set.extras and base.is_file():
-            command += ["--constraint", str(base)]  # one version of each shared package
-        resolved = _run(command, install_set)
-        excluded = sorted(
-            {n for n in (canonical(m) for m in re.findall(r"^(\S+)==", resolved, re.M))
-             if TORCH_BUILD.match(n)}
-        )  # fmt: skip
-        command += [f"--no-emit-package={n}" for n in excluded]
-    text = _run(command, install_set)
+    """Resolve one set; the versions it already locks are kept where they still fit
+    (uv prefers an existing output file's pins), so adding one pin moves nothing else."""
+    with tempfile.TemporaryDirectory(prefix="cdul-lock-") as tmp:
+        output = Path(tmp) / install_set.path.name
+        if install_set.path.is_file():
+            shutil.copyfile(install_set.path, output)
+        command = [uv, "pip", "compile", "--generate-hashes", "--no-header", "--quiet",
+                   "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM,
+                   "--output-file", str(output)]  # fmt: skip
+        if install_set.group is not None:
+            command += ["--group", f"pyproject.toml:{install_set.group}"]
+        else:
+            command += ["pyproject.toml", *(f"--extra={e}" for e in install_set.extras)]
+        if not install_set.with_torch_build:
+            base = LOCK_DIR / "torch-base.txt"
+            if install_set.extras and base.is_file():
+                command += ["--constraint", str(base)]  # one version of each shared package
+            resolved = _run(command, install_set, output)
+            excluded = sorted(
+                {n for n in (canonical(m) for m in re.findall(r"^(\S+)==", resolved, re.M))
+                 if TORCH_BUILD.match(n)}
+            )  # fmt: skip
+            command += [f"--no-emit-package={n}" for n in excluded]
+        text = _run(command, install_set, output)
     header = (
         f"# {install_set.path.name}: resolved from pyproject.toml by `make lock` "
         f"(deploy/lock.py); do not edit.\n{DIGEST_LINE}{inputs_digest(pyproject, install_set)}\n"
@@ -191,11 +200,12 @@ def compile_set(uv: str, install_set: InstallSet, pyproject: dict) -> None:
     install_set.path.write_text(header + text, encoding="utf-8")
 
 
-def _run(command: list[str], install_set: InstallSet) -> str:
+def _run(command: list[str], install_set: InstallSet, output: Path) -> str:
+    """Run uv; the lock it wrote to ``output``."""
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise LockError(f"uv could not resolve {install_set.name}: {result.stderr.strip()}")
-    return result.stdout
+    return output.read_text(encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
