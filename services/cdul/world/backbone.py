@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from cdul.core.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cdul.world import cache
-from cdul.world.generator import SINGLE_SIZE, Single, make_single
+from cdul.world.generator import Single, make_single
 from cdul.world.shapes import SHAPES
 from cdul.world.stream import single_batches
 
@@ -115,7 +115,7 @@ def train_backbone(
             accuracy = batch_acc if math.isnan(accuracy) else 0.9 * accuracy + 0.1 * batch_acc
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.2f}")
         model.eval()
-        held_out = heldout_accuracy(model, recipe.seed, size=recipe.image_size)
+        held_out = heldout_accuracy(model, recipe)
         summary = {
             "arch": recipe.arch,
             "recipe": asdict(recipe),
@@ -128,12 +128,12 @@ def train_backbone(
 
 
 @torch.inference_mode()
-def heldout_accuracy(
-    model: torch.nn.Module, seed: int, count: int = 500, size: int = SINGLE_SIZE
-) -> float:
-    """Top-1 on ``count`` held-out singles of ``size`` px (the recipe's ``image_size``)."""
+def heldout_accuracy(model: torch.nn.Module, recipe: BackboneRecipe, count: int = 500) -> float:
+    """Top-1 on ``count`` held-out singles drawn as ``recipe`` draws its training ones
+    (its seed and ``image_size``)."""
     transform = to_tensor()
-    singles = [make_single(seed, i, stream="heldout", size=size) for i in range(count)]
+    singles = [make_single(recipe.seed, i, stream="heldout", size=recipe.image_size)
+               for i in range(count)]  # fmt: skip
     images = torch.stack([transform(s.image) for s in singles])
     targets = torch.tensor([s.label for s in singles])
     return float((model(images).argmax(1) == targets).float().mean())
