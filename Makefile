@@ -64,20 +64,28 @@ test: $(STAMP) world-models
 
 # Finds the test that passes on one machine, one random input or one thread count only
 # (an exact comparison of two computations that round apart elsewhere) before CI does:
-# the fast tests (not marked slow) once per seed in REPEAT_SEEDS, under 1 and 2 threads
-# and under each of torch's CPU kernel sets (ATEN_CPU_CAPABILITY: the scalar 'default',
-# 'avx2' as on CI's AMD machines, 'avx512' where the CPU has it; a set the CPU lacks
-# falls back to the best it has). One test, many seeds:
-#   make test-repeat REPEAT_SEEDS=0-199 REPEAT_TESTS=tests/x.py::test_y
+# the fast tests (not marked slow) once per seed in REPEAT_SEEDS, and the tests that
+# compare two runs (marked compares_runs, most of them slow) once, each under 1 and 2
+# threads and under each of torch's CPU kernel sets (ATEN_CPU_CAPABILITY: the scalar
+# 'default', 'avx2' as on CI's AMD machines, 'avx512' where the CPU has it; a set the CPU
+# lacks falls back to the best it has). One test, many seeds:
+#   make test-repeat REPEAT_SEEDS=0-199 REPEAT_TESTS=tests/x.py::test_y REPEAT_RUNS=
 REPEAT_SEEDS ?= 0-9
 REPEAT_CAPABILITIES ?= default avx2 avx512
 REPEAT_TESTS ?= tests/unit tests/trainer tests/labeler tests/world tests/clip_service tests/serving
+REPEAT_RUNS ?= tests
 test-repeat: $(STAMP) world-models
 	set -e; for capability in $(REPEAT_CAPABILITIES); do for threads in 1 2; do \
 	  echo "== ATEN_CPU_CAPABILITY=$$capability, $$threads thread(s), seeds $(REPEAT_SEEDS)"; \
 	  ATEN_CPU_CAPABILITY=$$capability OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -rfE \
 	    -m "not slow and not containers" -p no:cacheprovider --seeds $(REPEAT_SEEDS) \
 	    --torch-threads $$threads $(REPEAT_TESTS); \
+	  if [ -n "$(REPEAT_RUNS)" ]; then \
+	    echo "== ATEN_CPU_CAPABILITY=$$capability, $$threads thread(s), two runs compared"; \
+	    ATEN_CPU_CAPABILITY=$$capability OMP_NUM_THREADS=$$threads $(PY) -m pytest -q -rfE \
+	      -m "compares_runs and not containers" -p no:cacheprovider \
+	      --torch-threads $$threads $(REPEAT_RUNS); \
+	  fi; \
 	done; done
 
 # The whole chain in containers, each run with its pod's spec from the dev overlay (needs a

@@ -25,6 +25,21 @@ def clip_endpoint(world_clip):
 
 
 @pytest.fixture(scope="session")
+def unbatched_endpoint(world_clip):
+    """The same service encoding every view alone (``max_batch=1``): its answers do not
+    depend on which requests arrived together, so two runs through it are identical by
+    construction (see ``tests/support/same_labels.py``). For the tests that compare two
+    runs; the others use ``clip_endpoint``, batching as deployed."""
+    config = ServerConfig(
+        model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1", port=0,
+        metrics_port=None, max_batch=1, max_wait_ms=0.0, workers=16,
+    )  # fmt: skip
+    server = SimilarityServer(config).start()
+    yield f"127.0.0.1:{server.port}"
+    server.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="session")
 def world_spec(world_root):
     return f"voc:{world_root}:val"
 
@@ -38,6 +53,16 @@ def make_config(clip_endpoint, world_spec):
                     recipe_name="paper")  # fmt: skip
         base.update(changes)
         return LabelConfig(**base)
+
+    return make
+
+
+@pytest.fixture
+def make_unbatched_config(make_config, unbatched_endpoint):
+    """``make_config`` on the ``unbatched_endpoint`` service: for runs a test compares."""
+
+    def make(output: str, **changes) -> LabelConfig:
+        return make_config(output, endpoints=(unbatched_endpoint,), **changes)
 
     return make
 

@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
+from support.same_labels import assert_identical_labels
 
 from cdul import cli
 from cdul.clip_service.server import ServerConfig, SimilarityServer
 from cdul.core import embeddings
 from cdul.core.errors import ConfigError, DatasetError, StorageError
-from cdul.core.pseudo_labels import MANIFEST, VECTORS, LabelManifest, read_pseudo_labels
+from cdul.core.pseudo_labels import MANIFEST, LabelManifest, read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labeler.job import label
 from cdul.labeler.relabel import relabel
@@ -40,15 +40,11 @@ def _config(make_config, spec: str, output: str, classes: list[str], **changes):
                        **settings)  # fmt: skip
 
 
-def _assert_same_labels(a, b, atol: float = 1e-5) -> None:
-    assert a.ids == b.ids and a.classes == b.classes
-    for name in VECTORS:
-        assert torch.allclose(a[name], b[name], atol=atol, rtol=0), name
-
-
+@pytest.mark.compares_runs
 def test_relabel_with_a_class_added_and_one_renamed_equals_a_full_run(
-    make_config, world_root, tmp_path, s3_env, capsys
+    make_unbatched_config, world_root, tmp_path, s3_env, capsys
 ):
+    make_config = make_unbatched_config  # runs compared (see support/same_labels.py)
     spec = _folder(world_root, tmp_path / "images", 60)
     first = f"file://{tmp_path / 'first'}"
     label(_config(make_config, spec, first, FIRST, num_shards=2, shard_index=0))
@@ -63,9 +59,10 @@ def test_relabel_with_a_class_added_and_one_renamed_equals_a_full_run(
     _, full, _ = label(_config(make_config, spec, full_uri, SECOND))
     new = f"file://{tmp_path / 'relabeled'}"
     labels, _ = relabel(_config(make_config, spec, new, SECOND), first)
-    _assert_same_labels(labels, full)
+    # A relabel's manifest says where it came from; a full run's does not.
+    assert_identical_labels(labels, full, manifests=False)
     again = read_pseudo_labels(open_store(new))
-    _assert_same_labels(again, full)
+    assert_identical_labels(again, full, manifests=False)
     m = again.manifest
     assert m.relabeled_from == open_store(first).uri and m.embeddings_run == m.relabeled_from
     assert m.classes == SECOND and m.embeddings == stored and len(m.shards) == 2
@@ -97,12 +94,14 @@ def test_relabel_with_a_class_added_and_one_renamed_equals_a_full_run(
     paper = read_pseudo_labels(open_store(third))
     assert paper.manifest.embeddings_run == open_store(first).uri
     _, direct, _ = label(_config(make_config, spec, f"{s3_env}/paper", FIRST, recipe_name="paper"))
-    _assert_same_labels(paper, direct)
+    assert_identical_labels(paper, direct, manifests=False)
 
 
+@pytest.mark.compares_runs
 def test_incremental_run_encodes_only_new_and_changed_images_and_equals_a_full_run(
-    make_config, world_root, tmp_path
+    make_unbatched_config, world_root, tmp_path
 ):
+    make_config = make_unbatched_config  # runs compared (see support/same_labels.py)
     directory = tmp_path / "images"
     spec = _folder(world_root, directory, 50)
     run = f"file://{tmp_path / 'run'}"
@@ -118,7 +117,7 @@ def test_incremental_run_encodes_only_new_and_changed_images_and_equals_a_full_r
     result, grown, _ = label(_config(make_config, spec, run, FIRST, part_size=16))
     assert (result.images, result.reused, result.labeled_now) == (59, 48, 11)
     _, full, _ = label(_config(make_config, spec, f"file://{tmp_path / 'full'}", FIRST))
-    _assert_same_labels(grown, full)
+    assert_identical_labels(grown, full)
     assert read_pseudo_labels(open_store(run)).ids == full.ids
     held = embeddings.read(open_store(run), embeddings.shard_key(0, 1))
     fresh = embeddings.read(open_store(f"file://{tmp_path / 'full'}"), embeddings.shard_key(0, 1))
@@ -126,9 +125,11 @@ def test_incremental_run_encodes_only_new_and_changed_images_and_equals_a_full_r
     assert not open_store(run).list("pseudo_labels/parts/")
 
 
+@pytest.mark.compares_runs
 def test_an_interrupted_incremental_run_keeps_the_old_labels_and_resumes(
-    make_config, world_root, tmp_path
+    make_unbatched_config, world_root, tmp_path
 ):
+    make_config = make_unbatched_config  # runs compared (see support/same_labels.py)
     directory = tmp_path / "images"
     spec = _folder(world_root, directory, 40)
     run = f"file://{tmp_path / 'run'}"
@@ -140,13 +141,13 @@ def test_an_interrupted_incremental_run_keeps_the_old_labels_and_resumes(
     with pytest.raises(DatasetError, match="zz_broken"):
         label(_config(make_config, spec, run, FIRST, part_size=8))
     # The old labels still read whole; the parts done so far wait for the rerun.
-    _assert_same_labels(read_pseudo_labels(open_store(run)), old, atol=0)
+    assert_identical_labels(read_pseudo_labels(open_store(run)), old)
     assert open_store(run).list("pseudo_labels/parts/")
     (directory / "zz_broken.jpg").unlink()
     result, grown, _ = label(_config(make_config, spec, run, FIRST, part_size=8))
     assert result.resumed >= 40 and result.images == 52
     _, full, _ = label(_config(make_config, spec, f"file://{tmp_path / 'full'}", FIRST))
-    _assert_same_labels(grown, full)
+    assert_identical_labels(grown, full)
 
 
 @pytest.fixture(scope="module")

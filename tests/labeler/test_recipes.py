@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
+from support.same_labels import ARITHMETIC_TOLERANCE
 
 from cdul import cli
 from cdul.core.clip_models import register_project_configs
@@ -21,7 +22,10 @@ from cdul.labels.reading import relabel
 pytestmark = pytest.mark.slow
 
 
-def test_a_recipe_run_equals_the_recipe_recomputed_from_a_paper_run(make_config, tmp_path):
+@pytest.mark.compares_runs
+def test_a_recipe_run_equals_the_recipe_recomputed_from_a_paper_run(make_unbatched_config,
+                                                                    tmp_path):  # fmt: skip
+    make_config = make_unbatched_config  # two runs compared (see support/same_labels.py)
     _, paper, _ = label(make_config(f"file://{tmp_path}/paper", limit=60))
     assert paper.manifest.label_recipe() == LabelRecipe()
     recipe = LabelRecipe("topk:2", global_weight=0.25, debias="class-mean")
@@ -35,21 +39,25 @@ def test_a_recipe_run_equals_the_recipe_recomputed_from_a_paper_run(make_config,
     again = relabel(
         read_pseudo_labels(open_store(f"file://{tmp_path}/paper"), cosines=True), recipe
     )
-    assert torch.allclose(labeled["aggregate"], again["aggregate"], atol=1e-6)
-    assert torch.allclose(labeled["final"], again["final"], atol=1e-6)
+    # The same cosines, the same functions: bit for bit.
+    assert torch.equal(labeled["aggregate"], again["aggregate"])
+    assert torch.equal(labeled["final"], again["final"])
     # By hand on one image: top-2 mean of its four snippets' probabilities, then the mix.
     labels = read_pseudo_labels(open_store(run), cosines=True)
     _, snippets, _ = labels.cosines.padded(labels.manifest.logit_scale)
     top2 = snippets[7].sort(dim=0, descending=True).values[:2].mean(dim=0)
-    assert torch.allclose(labels["aggregate"][7], top2, atol=1e-6)
+    assert torch.allclose(labels["aggregate"][7], top2, atol=ARITHMETIC_TOLERANCE, rtol=0)
     mixed = 0.25 * labels["global"][7] + 0.75 * top2
     bias = torch.tensor(stored["class_bias"])
-    assert torch.allclose(labels["final"][7], (mixed * bias.mean() / bias).clamp(0, 1), atol=1e-6)
+    debiased = (mixed * bias.mean() / bias).clamp(0, 1)
+    assert torch.allclose(labels["final"][7], debiased, atol=ARITHMETIC_TOLERANCE, rtol=0)
 
 
+@pytest.mark.compares_runs
 def test_the_default_recipe_is_max_with_a_quarter_global_and_paper_is_one_flag_away(
-    make_config, tmp_path
+    make_unbatched_config, tmp_path
 ):
+    make_config = make_unbatched_config  # two runs compared (see support/same_labels.py)
     assert (
         LabelRecipe("max", global_weight=0.25) == DEFAULT_RECIPE and LabelRecipe() == PAPER_RECIPE
     )
@@ -60,9 +68,9 @@ def test_the_default_recipe_is_max_with_a_quarter_global_and_paper_is_one_flag_a
         "aggregation": "max", "global_weight": 0.25, "debias": "none"
     }  # fmt: skip
     # max from alpha: final = 0.25 * global + 0.75 * alpha, the paper run's stored vectors.
-    assert torch.allclose(default["aggregate"], paper["alpha"], atol=1e-6)
+    assert torch.equal(default["aggregate"], paper["alpha"])
     expected = 0.25 * paper["global"] + 0.75 * paper["alpha"]
-    assert torch.allclose(default["final"], expected, atol=1e-6)
+    assert torch.allclose(default["final"], expected, atol=ARITHMETIC_TOLERANCE, rtol=0)
     # The recipe flags change the named recipe's parts.
     changed = make_config("x", recipe_name="default", global_weight=0.5).recipe()
     assert changed == LabelRecipe("max", global_weight=0.5)

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-import torch
+from support.same_labels import assert_identical_labels
 
 from cdul.core.pseudo_labels import MANIFEST, PREFIX, LabelManifest, read_pseudo_labels, read_table
 from cdul.core.storage import open_store
@@ -41,19 +41,12 @@ def assert_complete_objects(store, part: int = PART):
         assert LabelManifest.from_json(store.read_json(MANIFEST)).images == IMAGES
 
 
-def assert_same_labels(a, b):
-    assert a.ids == b.ids and a.classes == b.classes
-    for name in ("global", "alpha", "beta", "aggregate", "final"):
-        assert torch.allclose(a[name], b[name], atol=1e-6), name
-    assert torch.equal(a.ground_truth, b.ground_truth)
-    ma, mb = a.manifest.to_json(), b.manifest.to_json()
-    for m in (ma, mb):
-        m.pop("created")
-    assert ma == mb
-
-
-def test_sigkill_at_random_points_then_rerun_equals_an_unbroken_run(make_config, s3_env,
-                                                                    tmp_path):  # fmt: skip
+@pytest.mark.compares_runs
+def test_sigkill_at_random_points_then_rerun_equals_an_unbroken_run(make_unbatched_config,
+                                                                    s3_env, tmp_path):  # fmt: skip
+    # Both runs through the unbatched service: equal bit for bit, stored thresholds and
+    # all (see support/same_labels.py); the batching one moves the last bits by arrival.
+    make_config = make_unbatched_config
     # Small parts and few requests in flight: the child writes a part every few ms at
     # most, so a kill a few parts after a random target lands mid-run on a slow or a
     # fast machine alike (with 4-image parts and 32 in flight a fast child finished the
@@ -91,7 +84,7 @@ def test_sigkill_at_random_points_then_rerun_equals_an_unbroken_run(make_config,
     log = (tmp_path / "label.log").read_text()
     assert "resuming" in log and "from an earlier run" in log
     assert store.list(parts_prefix) == []  # the scratch parts are gone once the shard is
-    assert_same_labels(read_pseudo_labels(store), unbroken)
+    assert_identical_labels(read_pseudo_labels(store), unbroken)
 
 
 def test_s3_outage_of_ten_seconds_mid_run_is_survived(make_config, s3_env, s3_server):

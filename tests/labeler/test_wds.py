@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from support.same_labels import assert_identical_labels
 from support.tars import write_tar
 from test_resilience import cdul_process
 
 from cdul.core.errors import DatasetError
-from cdul.core.pseudo_labels import VECTORS, read_pseudo_labels
+from cdul.core.pseudo_labels import read_pseudo_labels
 from cdul.core.storage import open_store
 from cdul.labeler.job import label
 from cdul.labels.merge import merge_run
@@ -37,19 +37,11 @@ def _spec(root: Path | str, last: int = 2) -> str:
     return f"wds:{root}/val-{{00000..{last:05d}}}.tar"
 
 
-def _by_id(labels) -> dict[str, dict[str, torch.Tensor]]:
-    return {Path(i).stem: {n: labels[n][row] for n in VECTORS} for row, i in enumerate(labels.ids)}
-
-
-def _assert_same(a, b, atol: float = 1e-5) -> None:
-    left, right = _by_id(a), _by_id(b)
-    assert sorted(left) == sorted(right)
-    for key, vectors in left.items():
-        for name, vector in vectors.items():
-            assert torch.allclose(vector, right[key][name], atol=atol, rtol=0), (key, name)
-
-
-def test_wds_local_and_s3_label_as_a_folder_run(make_config, tars, world_root, tmp_path, s3_env):
+@pytest.mark.compares_runs
+def test_wds_local_and_s3_label_as_a_folder_run(
+    make_unbatched_config, tars, world_root, tmp_path, s3_env
+):
+    make_config = make_unbatched_config  # three runs compared (see support/same_labels.py)
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(60):
@@ -60,7 +52,9 @@ def test_wds_local_and_s3_label_as_a_folder_run(make_config, tars, world_root, t
     result, local, evaluation = label(make_config(local_run, dataset=_spec(tars),
                                                   classes=CLASSES))  # fmt: skip
     assert (result.images, result.labeled_now, len(result.shards)) == (60, 60, 3)
-    _assert_same(local, by_folder)
+    # They read other datasets; a folder's id is the file name, a tar sample's its key.
+    same_image = dict(manifests=False, image_key=lambda i: Path(i).stem)
+    assert_identical_labels(local, by_folder, **same_image)
     assert local.ids[:2] == ["val_000000", "val_000001"]  # the sample key is the id
     assert local.manifest.shards == [f"shard-0000{k}-of-00003" for k in range(3)]
     # Ground truth from each sample's .json: evaluated like a VOC run.
@@ -71,10 +65,12 @@ def test_wds_local_and_s3_label_as_a_folder_run(make_config, tars, world_root, t
     for k in range(3):
         store.write_file(f"val-{k:05d}.tar", tars / f"val-{k:05d}.tar")
     _, remote, _ = label(make_config(f"{s3_env}/run", dataset=_spec(store.uri), classes=CLASSES))
-    _assert_same(remote, by_folder)
+    assert_identical_labels(remote, by_folder, **same_image)
 
 
-def test_two_jobs_split_the_input_shards_and_merge_as_one(make_config, tars, tmp_path):
+@pytest.mark.compares_runs
+def test_two_jobs_split_the_input_shards_and_merge_as_one(make_unbatched_config, tars, tmp_path):
+    make_config = make_unbatched_config  # two runs compared (see support/same_labels.py)
     run = f"file://{tmp_path / 'run'}"
     first, _, _ = label(make_config(run, dataset=_spec(tars), classes=CLASSES, num_shards=2,
                                     shard_index=0))  # fmt: skip
@@ -85,18 +81,20 @@ def test_two_jobs_split_the_input_shards_and_merge_as_one(make_config, tars, tmp
     merged, _ = merge_run(open_store(run))
     _, whole, _ = label(make_config(f"file://{tmp_path / 'one'}", dataset=_spec(tars),
                                     classes=CLASSES))  # fmt: skip
-    # 1e-6, as test_resilience: the service batches views by arrival, and a batch's
-    # composition may move a float's last bits; the bound is 1e-5.
-    _assert_same(merged, whole, atol=1e-6)
+    # Bit for bit: no answer depends on how the images were split over jobs. The
+    # manifests differ in their shard lists (two jobs, one job).
+    assert_identical_labels(merged, whole, manifests=False)
 
 
+@pytest.mark.compares_runs
 def test_killed_job_resumes_without_relabeling_finished_input_shards(
-    make_config, tmp_path, clip_endpoint
+    make_unbatched_config, tmp_path, unbatched_endpoint
 ):
+    make_config = make_unbatched_config  # two runs compared (see support/same_labels.py)
     root = write_wds_world(tmp_path / "tars", seed=0, train=0, val=48, shard_size=8,
                            progress=False)  # fmt: skip
     spec, run = _spec(root, last=5), tmp_path / "run"
-    child = cdul_process(["label", spec, "-o", f"file://{run}", "--endpoint", clip_endpoint,
+    child = cdul_process(["label", spec, "-o", f"file://{run}", "--endpoint", unbatched_endpoint,
                           "--classes", ",".join(CLASSES), "--snippets", "grid:2x2",
                           "--recipe", "paper", "--max-in-flight", "2", "--no-progress"],
                          tmp_path / "child.log")  # fmt: skip
@@ -116,7 +114,7 @@ def test_killed_job_resumes_without_relabeling_finished_input_shards(
         assert (shards / name).read_bytes() == data
     _, unbroken, _ = label(make_config(f"file://{tmp_path / 'unbroken'}", dataset=spec,
                                        classes=CLASSES))  # fmt: skip
-    _assert_same(labels, unbroken, atol=1e-6)  # as above
+    assert_identical_labels(labels, unbroken)
 
 
 def test_bad_samples_and_a_truncated_tar_are_named_or_skipped(make_config, tars, tmp_path):
