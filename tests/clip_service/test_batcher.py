@@ -13,6 +13,7 @@ from cdul.clip_service.batcher import (
     DynamicBatcher,
     QueueFullError,
     single_threaded_torch,
+    use_torch_threads,
 )
 
 
@@ -125,3 +126,54 @@ def test_single_threaded_torch_applies_to_the_calling_thread_only():
     thread.join()
     assert seen == [1]
     assert torch.get_num_threads() == before
+
+
+def _in_a_thread(fn):
+    """``fn()`` run on a new thread (torch's per-thread settings start afresh there)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(fn()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_the_worker_keeps_its_makers_threads_whatever_other_threads_set():
+    # A thread started after another set 1 thread would run torch on 1 (torch keeps one
+    # process-wide count for new threads), as a server's RPC threads do (see above).
+    def made_with_three_threads() -> int:
+        torch.set_num_threads(3)
+        batcher = DynamicBatcher(RecordingEncoder(), max_batch=4)
+        _in_a_thread(single_threaded_torch)  # an RPC thread, after the batcher was made
+        try:
+            return batcher.call(torch.get_num_threads).result(10)
+        finally:
+            batcher.close()
+
+    assert _in_a_thread(single_threaded_torch) is None
+    assert _in_a_thread(torch.get_num_threads) == 1  # what a new thread gets now
+    assert _in_a_thread(made_with_three_threads) == 3
+    explicit = DynamicBatcher(RecordingEncoder(), threads=2)
+    assert explicit.call(torch.get_num_threads).result(10) == 2 and explicit.threads == 2
+    explicit.close()
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        DynamicBatcher(RecordingEncoder(), threads=0)
+
+
+def test_a_threads_setting_holds_when_another_thread_sets_one_before_its_first_op():
+    set_here, other_done = threading.Event(), threading.Event()
+
+    def worker() -> int:
+        use_torch_threads(3)
+        set_here.set()
+        other_done.wait(10)
+        return torch.get_num_threads()  # its first op after the other thread's setting
+
+    def other() -> None:
+        set_here.wait(10)
+        single_threaded_torch()
+        other_done.set()
+
+    helper = threading.Thread(target=other)
+    helper.start()
+    assert _in_a_thread(worker) == 3
+    helper.join()

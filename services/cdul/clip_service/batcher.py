@@ -20,6 +20,8 @@ taking jobs until ``max_batch`` views are gathered or ``max_wait_ms`` has passed
 the first, runs the encoder once per ``max_batch`` views, and hands each job its rows.
 A job may name its own encoder (a dense spec's returns several embeddings per view):
 a batch holds jobs of one encoder only, taken in order.
+The worker runs torch with the intra-op threads of the thread that made the batcher
+(or ``threads``), whatever other threads set meanwhile.
 The queue is bounded in views: a submit that would exceed ``max_queue_views`` fails at
 once with :class:`QueueFullError`, which the server answers as RESOURCE_EXHAUSTED.
 """
@@ -39,9 +41,21 @@ import torch
 from cdul.core.errors import CdulError
 
 
+def use_torch_threads(threads: int) -> None:
+    """Run the calling thread's torch ops on ``threads`` intra-op threads, for good.
+
+    ``torch.set_num_threads`` sets the calling thread's count (OpenMP's nthreads ICV,
+    MKL's local setting) and a process-wide one, and torch gives each thread its count
+    lazily, at its first op, from the process-wide one: a thread that set its count
+    before any op got, at that op, whatever another thread had set meanwhile. Asking
+    first makes that first op now."""
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
 def single_threaded_torch() -> None:
     """Make the calling thread run torch ops inline (no OpenMP team of its own)."""
-    torch.set_num_threads(1)  # per thread: OpenMP's nthreads ICV and MKL's local setting
+    use_torch_threads(1)
 
 
 class QueueFullError(CdulError):
@@ -82,9 +96,18 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         max_queue_views: int = 8192,
         on_batch: Callable[[int], None] | None = None,
+        threads: int | None = None,
     ) -> None:
         if max_batch < 1 or max_queue_views < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue_views must be >= 1, max_wait_ms >= 0")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        # The worker's intra-op threads, fixed here: a new thread takes whatever count
+        # some thread of the process set last (see use_torch_threads), and the service's
+        # RPC threads each set 1, so a worker whose first op came after the first RPC
+        # ran its encoder on one core, and two servers of one process encoded with
+        # other blocking, rounding apart.
+        self.threads = torch.get_num_threads() if threads is None else threads
         self._encode = encode
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
@@ -180,6 +203,7 @@ class DynamicBatcher:
             return [], jobs
 
     def _run(self) -> None:
+        use_torch_threads(self.threads)
         while (work := self._take_work()) is not None:
             calls, jobs = work
             for fn, future in calls:
