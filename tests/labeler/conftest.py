@@ -13,15 +13,17 @@ from cdul.core.clip_models import register_project_configs
 from cdul.labeler.job import LabelConfig
 
 
-@pytest.fixture(scope="session")
-def clip_endpoint(world_clip):
-    config = ServerConfig(
-        model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1", port=0,
-        metrics_port=None, max_wait_ms=2.0, workers=16,
-    )  # fmt: skip
+def _serve(world_clip, **settings):
+    config = ServerConfig(model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1",
+                          port=0, metrics_port=None, workers=16, **settings)  # fmt: skip
     server = SimilarityServer(config).start()
     yield f"127.0.0.1:{server.port}"
     server.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="session")
+def clip_endpoint(world_clip):
+    yield from _serve(world_clip, max_wait_ms=2.0)
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +32,7 @@ def unbatched_endpoint(world_clip):
     depend on which requests arrived together, so two runs through it are identical by
     construction (see ``tests/support/same_labels.py``). For the tests that compare two
     runs; the others use ``clip_endpoint``, batching as deployed."""
-    config = ServerConfig(
-        model="cdul-tiny-rn", pretrained=str(world_clip), host="127.0.0.1", port=0,
-        metrics_port=None, max_batch=1, max_wait_ms=0.0, workers=16,
-    )  # fmt: skip
-    server = SimilarityServer(config).start()
-    yield f"127.0.0.1:{server.port}"
-    server.stop(grace_s=1.0)
+    yield from _serve(world_clip, max_batch=1, max_wait_ms=0.0)
 
 
 @pytest.fixture(scope="session")
